@@ -1,0 +1,137 @@
+"""The only caller of os-brick: local connector properties, attach and detach.
+
+Needs no Cinder and no metadata store, so a node that received a serialized
+connection can attach it. os-brick's privileged calls run in this process when
+it is root (``privsep='in-process'``), else through the venv's ``privsep-helper``
+started with the configured root helper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from csi_driver.storage.exceptions import AttachError, InvalidArgument, NotSupported
+from csi_driver.storage.secrets import mask_text
+
+if TYPE_CHECKING:
+    from oslo_privsep.priv_context import PrivContext
+
+    from csi_driver.storage.runtime import Settings
+
+LOG = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_configured: tuple[Any, ...] | None = None
+
+
+def privsep_helper_command(settings: Settings) -> str:
+    """The command that starts a privsep daemon as root from this venv."""
+    helper = os.path.join(os.path.dirname(sys.executable), "privsep-helper")
+    return f"{settings.root_helper} {shlex.quote(helper)}"
+
+
+def configure_privsep(context: PrivContext, section: str, settings: Settings) -> None:
+    """Run a privsep context in-process (as root) or through the venv's helper."""
+    from oslo_config import cfg
+
+    if settings.privsep_in_process:
+        context.set_client_mode(False)
+    else:
+        context.set_client_mode(True)
+        cfg.CONF.set_override("helper_command", privsep_helper_command(settings), group=section)
+
+
+def _configure() -> None:
+    """Apply the library settings to oslo.config, oslo.concurrency and os-brick once."""
+    global _configured
+    from csi_driver.storage import runtime
+
+    settings = runtime.settings()
+    key = (settings.file_locks_path, settings.privsep, settings.root_helper)
+    if _configured == key:
+        return
+    with _lock:
+        if _configured == key:
+            return
+        import os_brick
+        from os_brick import privileged
+        from oslo_concurrency import lockutils
+        from oslo_config import cfg
+
+        os.makedirs(settings.file_locks_path, exist_ok=True)
+        lockutils.set_defaults(settings.file_locks_path)
+        os_brick.setup(cfg.CONF)
+        cfg.CONF.set_override("lock_path", settings.file_locks_path, group="os_brick")
+        for context in (privileged.default, privileged.brick_privsep_hide_output):
+            configure_privsep(context, "privsep_osbrick", settings)
+        _configured = key
+
+
+def local_properties(
+    settings: Settings, multipath: bool = False, enforce_multipath: bool = False
+) -> dict[str, Any]:
+    """os-brick connector properties describing this host (initiator names, IPs...)."""
+    _configure()
+    from os_brick.initiator import connector as brick_connector
+
+    return brick_connector.get_connector_properties(
+        settings.root_helper,
+        settings.my_ip or "127.0.0.1",
+        multipath,
+        enforce_multipath,
+        host=settings.host,
+    )
+
+
+def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
+    from csi_driver.storage import runtime
+
+    if not isinstance(connection_info, dict) or "driver_volume_type" not in connection_info:
+        raise InvalidArgument("connection info has no 'driver_volume_type'")
+    _configure()
+    from os_brick.initiator import connector as brick_connector
+
+    protocol = connection_info["driver_volume_type"]
+    try:
+        return brick_connector.InitiatorConnector.factory(
+            protocol,
+            runtime.settings().root_helper,
+            use_multipath=use_multipath,
+            device_scan_attempts=3,
+        )
+    except ValueError as exc:
+        raise NotSupported(f"os-brick has no connector for protocol {protocol!r}: {exc}") from exc
+
+
+def connect(connection_info: dict[str, Any], use_multipath: bool = False) -> dict[str, Any]:
+    """Attach with os-brick; returns what ``connect_volume`` returned (has 'path')."""
+    brick = _brick(connection_info, use_multipath)
+    protocol = connection_info["driver_volume_type"]
+    try:
+        device = brick.connect_volume(connection_info.get("data", {}))
+    except Exception as exc:
+        raise AttachError(f"{protocol} attach failed: {mask_text(str(exc))}") from exc
+    if not isinstance(device, dict) or not device.get("path"):
+        raise AttachError(f"{protocol} attach returned no device path")
+    # Keep only what detach needs and JSON can hold (some connectors add objects).
+    return {k: v for k, v in device.items() if isinstance(v, str | int | float | bool | None)}
+
+
+def disconnect(
+    connection_info: dict[str, Any],
+    device: dict[str, Any] | None,
+    use_multipath: bool = False,
+    force: bool = False,
+) -> None:
+    """Detach with os-brick."""
+    brick = _brick(connection_info, use_multipath)
+    protocol = connection_info["driver_volume_type"]
+    try:
+        brick.disconnect_volume(connection_info.get("data", {}), device, force=force)
+    except Exception as exc:
+        raise AttachError(f"{protocol} detach failed: {mask_text(str(exc))}") from exc

@@ -1,0 +1,1 @@
+"""Cinder volume drivers shipped with the CSI plugin (loaded through ``volume_driver``)."""

@@ -1,0 +1,236 @@
+"""The interface every metadata store implements.
+
+Cinder drivers are stateless: what they return (provider_location, provider_auth,
+connection info...) must be kept by their host and handed back later. The storage
+library keeps it in a metadata store. A store holds *records*: plain JSON-able
+dicts produced by the library. The store understands only a few keys of them:
+
+- every record: ``id`` (non-empty str, unique per kind) and ``backend`` (str);
+- snapshot and connection records: ``volume_id`` (str);
+- volume and snapshot records: ``name`` (str or None), used as a lookup filter.
+
+Everything else in a record is opaque to the store and must come back exactly as
+it was written (same keys, same JSON values). Stores never see Cinder objects.
+
+Contract (checked by ``tests/storage/persistence/test_contract.py``, which every
+store runs):
+
+- ``set_*`` inserts or replaces the record with that id; a record returned by
+  ``get_*`` is a fresh copy: changing it does not change what is stored, and
+  changing the dict after ``set_*`` does not either.
+- ``get_*`` filters combine with AND; a filter left as None is not applied. The
+  result is a list (possibly empty, never an error for "no match") in the order
+  the records were first stored; replacing a record keeps its position.
+- ``delete_*`` of a missing id is not an error.
+- ``write`` stores several records of several kinds atomically: after a failure
+  none of them is stored and nothing that was there before is changed.
+- Deleting a volume record does not delete its snapshots or connections: the
+  library decides what goes, the store does not cascade.
+- Key/value pairs (``get_value``/``set_value``/``delete_value``) hold small
+  strings for the Cinder adapter (driver initiator data and the like).
+- A malformed record (missing or wrongly typed ``id``/``backend``/``volume_id``,
+  or not JSON-serializable: a set, NaN, a dict key that is not a str) raises
+  ``InvalidArgument`` and stores nothing; so does a filter, key or value that is
+  not a str.
+- A store that cannot read its own data raises ``StoreError`` naming the cause.
+- Stores are safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from csi_driver.storage.exceptions import InvalidArgument
+
+Record = dict[str, Any]
+
+VOLUME = "volume"
+SNAPSHOT = "snapshot"
+CONNECTION = "connection"
+KINDS = (VOLUME, SNAPSHOT, CONNECTION)
+
+
+class MetadataStore(abc.ABC):
+    """Base class of the metadata stores; subclasses are picked by ``name``."""
+
+    #: The name used in ``persistence_config={'storage': NAME}``.
+    name: ClassVar[str]
+
+    # -- reads ---------------------------------------------------------------
+    @abc.abstractmethod
+    def get_volumes(
+        self,
+        *,
+        volume_id: str | None = None,
+        backend: str | None = None,
+        name: str | None = None,
+    ) -> list[Record]:
+        """Volume records matching every filter given."""
+
+    @abc.abstractmethod
+    def get_snapshots(
+        self,
+        *,
+        snapshot_id: str | None = None,
+        backend: str | None = None,
+        volume_id: str | None = None,
+        name: str | None = None,
+    ) -> list[Record]:
+        """Snapshot records matching every filter given."""
+
+    @abc.abstractmethod
+    def get_connections(
+        self,
+        *,
+        connection_id: str | None = None,
+        backend: str | None = None,
+        volume_id: str | None = None,
+    ) -> list[Record]:
+        """Connection records matching every filter given."""
+
+    # -- writes --------------------------------------------------------------
+    @abc.abstractmethod
+    def write(
+        self,
+        *,
+        volumes: Iterable[Record] = (),
+        snapshots: Iterable[Record] = (),
+        connections: Iterable[Record] = (),
+    ) -> None:
+        """Insert or replace all the given records in one atomic step."""
+
+    @abc.abstractmethod
+    def delete(self, kind: str, record_id: str) -> None:
+        """Remove the record of ``kind`` (one of KINDS) with that id, if any."""
+
+    def set_volume(self, record: Record) -> None:
+        """Insert or replace one volume record."""
+        self.write(volumes=(record,))
+
+    def set_snapshot(self, record: Record) -> None:
+        """Insert or replace one snapshot record."""
+        self.write(snapshots=(record,))
+
+    def set_connection(self, record: Record) -> None:
+        """Insert or replace one connection record."""
+        self.write(connections=(record,))
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Remove a volume record; its snapshots and connections stay."""
+        self.delete(VOLUME, volume_id)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot record."""
+        self.delete(SNAPSHOT, snapshot_id)
+
+    def delete_connection(self, connection_id: str) -> None:
+        """Remove a connection record."""
+        self.delete(CONNECTION, connection_id)
+
+    # -- small values for the Cinder adapter ------------------------------------
+    @abc.abstractmethod
+    def get_value(self, key: str) -> str | None:
+        """The string stored under ``key``, or None."""
+
+    @abc.abstractmethod
+    def set_value(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key``, replacing any previous value."""
+
+    @abc.abstractmethod
+    def delete_value(self, key: str) -> None:
+        """Forget ``key``; a missing key is not an error."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
+        """Release files, sockets or threads; the store is unusable afterwards."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def check_kind(kind: str) -> None:
+    """Refuse a kind that is not one of KINDS."""
+    if kind not in KINDS:
+        raise InvalidArgument(f"unknown record kind {kind!r}; expected one of {KINDS}")
+
+
+def check_filters(**filters: str | None) -> None:
+    """Refuse a non-str filter: stores would otherwise disagree on what it matches."""
+    for key, value in filters.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgument(f"filter {key!r} must be a string or None, got {value!r}")
+
+
+def check_key(key: str) -> None:
+    """Refuse a key of the key/value pairs that is not a str."""
+    if not isinstance(key, str):
+        raise InvalidArgument(f"key must be a string, got {type(key).__name__}")
+
+
+def check_value(key: str, value: str) -> None:
+    """Refuse a key/value pair that is not made of two strings."""
+    check_key(key)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"value of key {key!r} must be a string, got {type(value).__name__}")
+
+
+def _string_fields(kind: str) -> tuple[str, ...]:
+    return ("id", "backend") if kind == VOLUME else ("id", "backend", "volume_id")
+
+
+_CONTAINERS = (dict, list, tuple)  # a tuple, not a union: isinstance is faster with it
+
+
+def _check_keys(kind: str, record: Record) -> None:
+    """Refuse a dict key that is not a str, anywhere in the record.
+
+    ``json.dumps`` silently turns 1, True or None keys into strings, so such a
+    record would not come back "exactly as it was written" (and {1: .., '1': ..}
+    would collide). Call after ``json.dumps`` succeeded: no cycles are left.
+    """
+    stack: list[Any] = [record]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InvalidArgument(
+                        f"{kind} record {record['id']!r} is not JSON-serializable: "
+                        f"key {key!r} is a {type(key).__name__}, not a string"
+                    )
+                if isinstance(child, _CONTAINERS):
+                    stack.append(child)
+        else:
+            stack.extend(child for child in item if isinstance(child, _CONTAINERS))
+
+
+def encode_record(kind: str, record: Record) -> str:
+    """Validate a record's indexed keys and return it as compact JSON text.
+
+    Shared by the stores so that they accept and refuse exactly the same input.
+    """
+    check_kind(kind)
+    if not isinstance(record, dict):
+        raise InvalidArgument(f"{kind} record must be a dict, not {type(record).__name__}")
+    for key in _string_fields(kind):
+        value = record.get(key)
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{kind} record field {key!r} must be a string, got {value!r}")
+    if not record["id"]:
+        raise InvalidArgument(f"{kind} record field 'id' must be a non-empty string")
+    name = record.get("name")
+    if kind != CONNECTION and name is not None and not isinstance(name, str):
+        raise InvalidArgument(
+            f"{kind} record {record['id']!r}: field 'name' must be a string or None, "
+            f"got {type(name).__name__}"
+        )
+    try:
+        text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"{kind} record {record['id']!r} is not JSON-serializable: {exc}"
+        ) from exc
+    _check_keys(kind, record)
+    return text

@@ -1,0 +1,193 @@
+"""A metadata store that lives in the process and dies with it.
+
+For tests, benchmarks and throw-away hosts. Records are kept as JSON text, like
+SQLite keeps them, so both stores copy in and out and accept the same input;
+indexes on the filter columns keep lookups from scanning every record.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import threading
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from csi_driver.storage.persistence.base import (
+    CONNECTION,
+    KINDS,
+    SNAPSHOT,
+    VOLUME,
+    MetadataStore,
+    Record,
+    check_filters,
+    check_key,
+    check_kind,
+    check_value,
+    encode_record,
+)
+
+#: Filter columns indexed per kind (``id`` is the dict key itself).
+_INDEXED: dict[str, tuple[str, ...]] = {
+    VOLUME: ("backend", "name"),
+    SNAPSHOT: ("backend", "volume_id", "name"),
+    CONNECTION: ("backend", "volume_id"),
+}
+
+
+class _Row(NamedTuple):
+    """One stored record: its first-stored position, filter columns and JSON text."""
+
+    seq: int
+    columns: dict[str, str | None]
+    text: str
+
+
+_by_seq = operator.attrgetter("seq")
+
+
+class _Table:
+    """The records of one kind, in first-stored order, with one index per column.
+
+    Not thread-safe on its own: MemoryStore holds its lock around every call.
+    """
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self.rows: dict[str, _Row] = {}
+        # column -> value -> ids (a dict used as an ordered set)
+        self.indexes: dict[str, dict[str, dict[str, None]]] = {col: {} for col in columns}
+        self.next_seq = 0
+
+    def put(self, record_id: str, columns: dict[str, str | None], text: str) -> None:
+        old = self.rows.get(record_id)
+        if old is None:
+            seq = self.next_seq
+            self.next_seq += 1
+        else:
+            seq = old.seq
+            self._unindex(record_id, old)
+        self.rows[record_id] = _Row(seq, columns, text)
+        for col, value in columns.items():
+            if value is not None:
+                self.indexes[col].setdefault(value, {})[record_id] = None
+
+    def remove(self, record_id: str) -> None:
+        old = self.rows.pop(record_id, None)
+        if old is not None:
+            self._unindex(record_id, old)
+
+    def _unindex(self, record_id: str, row: _Row) -> None:
+        for col, value in row.columns.items():
+            if value is None:
+                continue
+            ids = self.indexes[col][value]
+            del ids[record_id]
+            if not ids:
+                del self.indexes[col][value]
+
+    def select(self, record_id: str | None, filters: dict[str, str | None]) -> list[str]:
+        """JSON texts of the matching records, in first-stored order."""
+        wanted = {col: value for col, value in filters.items() if value is not None}
+        if record_id is not None:
+            row = self.rows.get(record_id)
+            rows = [] if row is None else [row]
+        elif wanted:
+            # Start from the smallest index bucket, check the other filters on it.
+            buckets = [self.indexes[col].get(value, {}) for col, value in wanted.items()]
+            ids = min(buckets, key=len)
+            rows = [self.rows[i] for i in ids]
+            # A record whose column changed on replace sits late in its new bucket.
+            rows.sort(key=_by_seq)
+        else:
+            return [row.text for row in self.rows.values()]
+        return [
+            row.text
+            for row in rows
+            if all(row.columns[col] == value for col, value in wanted.items())
+        ]
+
+
+class MemoryStore(MetadataStore):
+    """Records in insertion-ordered dicts behind one lock; nothing survives the process."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tables = {kind: _Table(_INDEXED[kind]) for kind in KINDS}
+        self._values: dict[str, str] = {}
+
+    def _select(
+        self, kind: str, record_id: str | None, filters: dict[str, str | None]
+    ) -> list[Record]:
+        check_filters(id=record_id, **filters)
+        with self._lock:
+            texts = self._tables[kind].select(record_id, filters)
+        return [json.loads(text) for text in texts]
+
+    def get_volumes(
+        self,
+        *,
+        volume_id: str | None = None,
+        backend: str | None = None,
+        name: str | None = None,
+    ) -> list[Record]:
+        return self._select(VOLUME, volume_id, {"backend": backend, "name": name})
+
+    def get_snapshots(
+        self,
+        *,
+        snapshot_id: str | None = None,
+        backend: str | None = None,
+        volume_id: str | None = None,
+        name: str | None = None,
+    ) -> list[Record]:
+        filters = {"backend": backend, "volume_id": volume_id, "name": name}
+        return self._select(SNAPSHOT, snapshot_id, filters)
+
+    def get_connections(
+        self,
+        *,
+        connection_id: str | None = None,
+        backend: str | None = None,
+        volume_id: str | None = None,
+    ) -> list[Record]:
+        return self._select(CONNECTION, connection_id, {"backend": backend, "volume_id": volume_id})
+
+    def write(
+        self,
+        *,
+        volumes: Iterable[Record] = (),
+        snapshots: Iterable[Record] = (),
+        connections: Iterable[Record] = (),
+    ) -> None:
+        # Encode (and so validate) everything before touching the tables: atomicity.
+        batch = []
+        for kind, records in ((VOLUME, volumes), (SNAPSHOT, snapshots), (CONNECTION, connections)):
+            for record in records:
+                text = encode_record(kind, record)
+                columns = {col: record.get(col) for col in _INDEXED[kind]}
+                batch.append((kind, record["id"], columns, text))
+        with self._lock:
+            for kind, record_id, columns, text in batch:
+                self._tables[kind].put(record_id, columns, text)
+
+    def delete(self, kind: str, record_id: str) -> None:
+        check_kind(kind)
+        with self._lock:
+            self._tables[kind].remove(record_id)
+
+    def get_value(self, key: str) -> str | None:
+        check_key(key)
+        with self._lock:
+            return self._values.get(key)
+
+    def set_value(self, key: str, value: str) -> None:
+        check_value(key, value)
+        with self._lock:
+            self._values[key] = value
+
+    def delete_value(self, key: str) -> None:
+        check_key(key)
+        with self._lock:
+            self._values.pop(key, None)

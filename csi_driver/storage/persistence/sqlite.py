@@ -1,0 +1,331 @@
+"""The plugin's embedded metadata store: one SQLite file on the host.
+
+Why SQLite: it survives restarts of the plugin without any service to run, WAL
+mode lets readers go on while a writer commits, and a transaction gives
+``write`` its atomicity for free. Each kind has its own table with the filter
+columns indexed and the record itself as JSON text; reads are one query each.
+
+Record contents are never logged: connection records can hold CHAP secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from csi_driver.storage.exceptions import InvalidArgument, StoreError
+from csi_driver.storage.persistence.base import (
+    CONNECTION,
+    SNAPSHOT,
+    VOLUME,
+    MetadataStore,
+    Record,
+    check_filters,
+    check_key,
+    check_kind,
+    check_value,
+    encode_record,
+)
+
+LOG = logging.getLogger(__name__)
+
+#: Filter columns stored next to the JSON text of each kind, after ``id``.
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    VOLUME: ("backend", "name"),
+    SNAPSHOT: ("backend", "volume_id", "name"),
+    CONNECTION: ("backend", "volume_id"),
+}
+_TABLES = {VOLUME: "volumes", SNAPSHOT: "snapshots", CONNECTION: "connections"}
+
+
+def _table_ddl(kind: str) -> list[str]:
+    # ``pos INTEGER PRIMARY KEY`` is the rowid made explicit: upserts keep it, so
+    # ORDER BY pos is "first stored" order, and unlike a hidden rowid VACUUM keeps it.
+    table = _TABLES[kind]
+    cols = "".join(
+        f", {col} TEXT" + (" NOT NULL" if col != "name" else "") for col in _COLUMNS[kind]
+    )
+    ddl = [
+        f"CREATE TABLE {table} (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE{cols}, "
+        "data TEXT NOT NULL)"
+    ]
+    ddl += [f"CREATE INDEX {table}_{col} ON {table} ({col})" for col in _COLUMNS[kind]]
+    return ddl
+
+
+#: Statements that bring a file from version N-1 to N (PRAGMA user_version).
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        *_table_ddl(VOLUME),
+        *_table_ddl(SNAPSHOT),
+        *_table_ddl(CONNECTION),
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+}
+SCHEMA_VERSION = max(_MIGRATIONS)
+
+
+def _upsert_sql(kind: str) -> str:
+    cols = ("id", *_COLUMNS[kind], "data")
+    placeholders = ", ".join("?" * len(cols))
+    updates = ", ".join(f"{col} = excluded.{col}" for col in cols[1:])
+    # Not INSERT OR REPLACE: that deletes the old row, and its position with it.
+    return (
+        f"INSERT INTO {_TABLES[kind]} ({', '.join(cols)}) VALUES ({placeholders}) "  # noqa: S608
+        f"ON CONFLICT(id) DO UPDATE SET {updates}"
+    )
+
+
+_UPSERT = {kind: _upsert_sql(kind) for kind in _TABLES}
+_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+class SQLiteStore(MetadataStore):
+    """Records in one SQLite file (WAL mode), one connection per thread."""
+
+    name = "sqlite"
+
+    def __init__(
+        self, path: str | os.PathLike[str], timeout: float = 30, synchronous: str = "FULL"
+    ) -> None:
+        """Open (creating if needed) the store at ``path``; its directory must exist.
+
+        ``timeout`` is how long, in seconds, to wait for another writer before
+        failing with StoreError; ``synchronous`` is FULL (an acknowledged write
+        survives a power loss) or NORMAL (faster, may lose the last commits).
+        """
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise InvalidArgument(f"sqlite store option 'path' must be a file path, got {path!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        if os.fspath(path) == ":memory:" or os.fspath(path).startswith("file:"):
+            raise InvalidArgument(
+                "sqlite store option 'path' must be a file path (use storage 'memory' "
+                f"for a store in memory), got {path!r}"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise InvalidArgument(
+                f"sqlite store option 'timeout' must be a number of seconds >= 0, got {timeout!r}"
+            )
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+            raise InvalidArgument(
+                f"sqlite store option 'synchronous' must be one of {_SYNCHRONOUS}, "
+                f"got {synchronous!r}"
+            )
+        self.timeout = float(timeout)
+        self.synchronous = synchronous.upper()
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise StoreError(
+                f"metadata store {self.path}: directory {directory} does not exist "
+                "(it is not created: check the configured path)"
+            )
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _conns and _closed
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._closed = False
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r}>"
+
+    # -- connections -----------------------------------------------------------
+    def _error(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        return StoreError(f"metadata store {self.path}: {doing}: {exc}")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"metadata store {self.path} is closed")
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.timeout,
+                    isolation_level=None,  # autocommit; transactions are explicit
+                    check_same_thread=False,  # only so that close() may close it
+                )
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            except sqlite3.Error as exc:
+                raise self._error(exc, "cannot open") from exc
+            # Connections of threads that ended will never be used again.
+            alive = []
+            for thread, old in self._conns:
+                if thread.is_alive():
+                    alive.append((thread, old))
+                else:
+                    old.close()
+            alive.append((threading.current_thread(), conn))
+            self._conns = alive
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close the connections of every thread; later calls raise StoreError."""
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for _, conn in conns:
+            conn.close()
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc, doing) from exc
+            raise
+
+    def _prepare(self) -> None:
+        """Turn WAL on and create or check the schema."""
+        conn = self._conn()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise self._error(exc, "cannot open") from exc
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"metadata store {self.path}: cannot use WAL journal mode (got {mode!r}); "
+                "is it on a network file system?"
+            )
+        with self._transaction("cannot set up the schema") as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"metadata store {self.path}: schema version {version} is newer than "
+                    f"{SCHEMA_VERSION}, the newest this plugin knows; was it written by a "
+                    "newer release?"
+                )
+            if version == 0:
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if tables:
+                    raise StoreError(
+                        f"metadata store {self.path}: the database holds tables but no "
+                        "schema version; it was not made by this plugin"
+                    )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                LOG.info(
+                    "metadata store %s: schema version %d -> %d", self.path, version, SCHEMA_VERSION
+                )
+
+    # -- reads ---------------------------------------------------------------
+    def _select(self, kind: str, filters: dict[str, str | None]) -> list[Record]:
+        check_filters(**filters)
+        given = [(col, value) for col, value in filters.items() if value is not None]
+        where = " AND ".join(f"{col} = ?" for col, _ in given) or "1"
+        sql = f"SELECT data FROM {_TABLES[kind]} WHERE {where} ORDER BY pos"  # noqa: S608 - constants only
+        try:
+            rows = self._conn().execute(sql, [value for _, value in given]).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"cannot read {kind} records") from exc
+        try:
+            return [json.loads(data) for (data,) in rows]
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"metadata store {self.path}: a {kind} record is not valid JSON: {exc}"
+            ) from exc
+
+    def get_volumes(
+        self,
+        *,
+        volume_id: str | None = None,
+        backend: str | None = None,
+        name: str | None = None,
+    ) -> list[Record]:
+        return self._select(VOLUME, {"id": volume_id, "backend": backend, "name": name})
+
+    def get_snapshots(
+        self,
+        *,
+        snapshot_id: str | None = None,
+        backend: str | None = None,
+        volume_id: str | None = None,
+        name: str | None = None,
+    ) -> list[Record]:
+        filters = {"id": snapshot_id, "backend": backend, "volume_id": volume_id, "name": name}
+        return self._select(SNAPSHOT, filters)
+
+    def get_connections(
+        self,
+        *,
+        connection_id: str | None = None,
+        backend: str | None = None,
+        volume_id: str | None = None,
+    ) -> list[Record]:
+        filters = {"id": connection_id, "backend": backend, "volume_id": volume_id}
+        return self._select(CONNECTION, filters)
+
+    # -- writes --------------------------------------------------------------
+    def write(
+        self,
+        *,
+        volumes: Iterable[Record] = (),
+        snapshots: Iterable[Record] = (),
+        connections: Iterable[Record] = (),
+    ) -> None:
+        # Validate everything before the transaction, so a bad record costs no lock.
+        batch: dict[str, list[tuple[Any, ...]]] = {}
+        for kind, records in ((VOLUME, volumes), (SNAPSHOT, snapshots), (CONNECTION, connections)):
+            rows = batch[kind] = []
+            for record in records:
+                text = encode_record(kind, record)
+                rows.append((record["id"], *(record.get(col) for col in _COLUMNS[kind]), text))
+        if not any(batch.values()):
+            return
+        with self._transaction("cannot write records") as conn:
+            for kind, rows in batch.items():
+                if rows:
+                    conn.executemany(_UPSERT[kind], rows)
+
+    def delete(self, kind: str, record_id: str) -> None:
+        check_kind(kind)
+        with self._transaction(f"cannot delete a {kind} record") as conn:
+            conn.execute(f"DELETE FROM {_TABLES[kind]} WHERE id = ?", (record_id,))  # noqa: S608
+
+    # -- key/value -----------------------------------------------------------
+    def get_value(self, key: str) -> str | None:
+        check_key(key)
+        try:
+            row = self._conn().execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc, "cannot read a value") from exc
+        return None if row is None else row[0]
+
+    def set_value(self, key: str, value: str) -> None:
+        check_value(key, value)
+        with self._transaction("cannot write a value") as conn:
+            conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def delete_value(self, key: str) -> None:
+        check_key(key)
+        with self._transaction("cannot delete a value") as conn:
+            conn.execute("DELETE FROM kv WHERE key = ?", (key,))

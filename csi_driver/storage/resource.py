@@ -1,0 +1,117 @@
+"""What Volume, Snapshot and Connection share: a record, a backend, serialization.
+
+Each resource wraps one *record*, the plain dict that is stored in the metadata
+store and written into serialized documents. Reading a field reads the record;
+changing one goes through ``_update`` and ``_save``. Because the record is the
+serialized form, (de)serializing builds no Cinder objects at all: those are built
+by the Cinder adapter only for the driver call that needs them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
+
+from csi_driver.storage import runtime, secrets, serialization
+from csi_driver.storage.exceptions import InvalidArgument
+
+if TYPE_CHECKING:
+    from csi_driver.storage.backend import Backend
+    from csi_driver.storage.persistence.base import MetadataStore, Record
+
+T = TypeVar("T")
+
+
+def utcnow() -> str:
+    """A timestamp as stored in records: ISO 8601, UTC, microseconds."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Field(Generic[T]):
+    """A read-only attribute backed by the record key of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Field[T]: ...
+    @overload
+    def __get__(self, obj: Resource, owner: type) -> T: ...
+    def __get__(self, obj: Resource | None, owner: type) -> Field[T] | T:
+        if obj is None:
+            return self
+        return obj._data.get(self.key)  # type: ignore[return-value]
+
+    def __set__(self, obj: Resource, value: T) -> None:
+        raise AttributeError(f"{self.key} is read-only; use the resource's methods to change it")
+
+
+class Resource(serialization.Serializable):
+    """Base of the stored resources; not used directly."""
+
+    #: Record kind in the metadata store and in documents ('volume', ...).
+    KIND: ClassVar[str]
+    #: Names of lazily loaded relations, in the order ``dump`` loads them.
+    LAZY: ClassVar[tuple[str, ...]] = ()
+    #: Record keys ``to_dict()`` shows.
+    SUMMARY: ClassVar[tuple[str, ...]] = ()
+
+    id: Field[str] = Field()
+    status: Field[str] = Field()
+    created_at: Field[str] = Field()
+    updated_at: Field[str] = Field()
+
+    def __init__(self, backend: Backend, data: Record) -> None:
+        self.backend = backend
+        self._data = data
+
+    # -- identity -----------------------------------------------------------
+    @property
+    def backend_name(self) -> str:
+        return self._data["backend"]
+
+    def __repr__(self) -> str:
+        name = self._data.get("name")
+        label = f" {name!r}" if name else ""
+        kind = type(self).__name__
+        return f"<{kind} {self.id}{label} status={self.status} backend={self.backend_name}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A readable summary for display and logs; secrets are masked.
+
+        Not meant to be loaded back: use ``jsons`` to move a resource elsewhere.
+        """
+        out = {key: self._data.get(key) for key in self.SUMMARY}
+        out["backend"] = self.backend_name
+        return secrets.masked(out)
+
+    # -- record maintenance ---------------------------------------------------------
+    @property
+    def record(self) -> Record:
+        """A copy of the stored record (for inspection; changing it changes nothing)."""
+        return serialization.copy_record(self._data)
+
+    def _store(self) -> MetadataStore:
+        return runtime.store()
+
+    def _update(self, **changes: Any) -> None:
+        self._data.update(changes)
+        self._data["updated_at"] = utcnow()
+
+    def _save(self) -> None:
+        self._store().write(**{self.KIND + "s": (self._data,)})
+
+    def _set_status(self, status: str) -> None:
+        self._update(status=status)
+        self._save()
+
+    def is_loaded(self, relation: str) -> bool:
+        """Whether a lazy relation has been loaded (``json`` includes only those)."""
+        if relation not in self.LAZY:
+            raise InvalidArgument(f"{type(self).__name__} has no lazy relation {relation!r}")
+        return getattr(self, "_" + relation) is not None

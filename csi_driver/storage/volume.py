@@ -1,0 +1,276 @@
+"""Volumes: creation, deletion, resize, clones, snapshots, connections."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from csi_driver.storage import connector, validation
+from csi_driver.storage.exceptions import InvalidArgument, InvalidState, NotFound
+from csi_driver.storage.resource import Field, Resource, new_id, utcnow
+
+if TYPE_CHECKING:
+    from csi_driver.storage.backend import Backend
+    from csi_driver.storage.connection import Connection
+    from csi_driver.storage.persistence.base import Record
+    from csi_driver.storage.snapshot import Snapshot
+
+LOG = logging.getLogger(__name__)
+
+AVAILABLE = "available"
+IN_USE = "in-use"
+
+
+class Volume(Resource):
+    """A volume on one backend.
+
+    ``snapshots`` and ``connections`` are loaded from the metadata store the first
+    time they are read and kept afterwards (``backend.refresh()`` reloads).
+    """
+
+    KIND = "volume"
+    LAZY = ("snapshots", "connections")
+    SUMMARY = (
+        "id", "name", "description", "size", "status", "created_at", "source_volume_id",
+        "source_snapshot_id", "volume_type", "multiattach", "availability_zone", "metadata",
+    )  # fmt: skip
+
+    name: Field[str | None] = Field()
+    description: Field[str | None] = Field()
+    size: Field[int] = Field()
+    pool: Field[str | None] = Field()
+    source_volume_id: Field[str | None] = Field()
+    source_snapshot_id: Field[str | None] = Field()
+    volume_type: Field[dict[str, Any]] = Field()
+    multiattach: Field[bool] = Field()
+    availability_zone: Field[str | None] = Field()
+    metadata: Field[dict[str, str]] = Field()
+    provider_location: Field[str | None] = Field()
+    provider_id: Field[str | None] = Field()
+
+    def __init__(
+        self,
+        backend: Backend,
+        data: Record,
+        *,
+        snapshots: list[Snapshot] | None = None,
+        connections: list[Connection] | None = None,
+    ) -> None:
+        super().__init__(backend, data)
+        self._snapshots = snapshots
+        self._connections = connections
+
+    # -- lazy relations ------------------------------------------------------------
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """This volume's snapshots (read from the store on first use)."""
+        if self._snapshots is None:
+            from csi_driver.storage.snapshot import Snapshot
+
+            records = self._store().get_snapshots(volume_id=self.id)
+            self._snapshots = [Snapshot(self.backend, r, volume=self) for r in records]
+        return self._snapshots
+
+    @property
+    def connections(self) -> list[Connection]:
+        """This volume's connections (read from the store on first use)."""
+        if self._connections is None:
+            from csi_driver.storage.connection import Connection
+
+            records = self._store().get_connections(volume_id=self.id)
+            self._connections = [Connection(self.backend, r, volume=self) for r in records]
+        return self._connections
+
+    # -- creation --------------------------------------------------------------------
+    @classmethod
+    def _new_record(
+        cls,
+        backend: Backend,
+        size: Any,
+        name: Any,
+        description: Any,
+        extra: dict[str, Any],
+        **sources: str | None,
+    ) -> Record:
+        """Validate creation arguments and build the record of a volume to create."""
+        validation.check_size(size)
+        validation.check_optional_str("name", name)
+        validation.check_optional_str("description", description)
+        opts = validation.volume_extras(extra)
+        volume_id = opts.pop("id", None) or new_id()
+        if backend._store().get_volumes(volume_id=volume_id):
+            raise InvalidArgument(f"a volume with id {volume_id!r} already exists")
+        settings = backend._settings()
+        now = utcnow()
+        return {
+            "id": volume_id,
+            "backend": backend.name,
+            "pool": opts.pop("pool", None) or backend.default_pool(),
+            "name": name,
+            "description": description,
+            "size": size,
+            "status": "creating",
+            "created_at": now,
+            "updated_at": now,
+            "source_volume_id": sources.get("source_volume_id"),
+            "source_snapshot_id": sources.get("source_snapshot_id"),
+            "volume_type": opts.pop("volume_type"),
+            "multiattach": opts.pop("multiattach", False),
+            "availability_zone": opts.pop("availability_zone", None),
+            "metadata": opts.pop("metadata", {}),
+            "admin_metadata": {},
+            "user_id": settings.user_id,
+            "project_id": settings.project_id,
+            "name_id": None,
+            "provider_location": None,
+            "provider_auth": None,
+            "provider_id": None,
+            "provider_geometry": None,
+            "replication_status": None,
+        }
+
+    @classmethod
+    def _create(
+        cls,
+        backend: Backend,
+        record: Record,
+        driver_call: str,
+        *sources: Record,
+    ) -> Volume:
+        """Store a 'creating' record, run the driver, and keep nothing if it fails.
+
+        The record is written first so that a crash mid-create leaves a trace an
+        administrator can find; a driver failure removes it again.
+        """
+        volume = cls(backend, record, snapshots=[], connections=[])
+        store = backend._store()
+        store.set_volume(record)
+        try:
+            updates = getattr(backend._host, driver_call)(record, *sources)
+        except Exception:
+            backend._host.cleanup_failed_create(record)
+            store.delete_volume(record["id"])
+            raise
+        volume._update(status=AVAILABLE, **updates)
+        volume._save()
+        backend._remember(volume)
+        LOG.info("created volume %s (%s GiB) on backend %s", volume.id, volume.size, backend.name)
+        return volume
+
+    # -- operations ------------------------------------------------------------------
+    def delete(self) -> None:
+        """Delete the volume; refused while it has snapshots or connections."""
+        store = self._store()
+        # Ask the store, not the loaded lists: another process may have added some.
+        if snapshots := store.get_snapshots(volume_id=self.id):
+            raise InvalidState(
+                f"volume {self.id} has {len(snapshots)} snapshot(s); delete them first"
+            )
+        if connections := store.get_connections(volume_id=self.id):
+            raise InvalidState(
+                f"volume {self.id} has {len(connections)} connection(s); disconnect them first"
+            )
+        self._set_status("deleting")
+        try:
+            self.backend._host.delete_volume(self._data)
+        except Exception:
+            self._set_status("error_deleting")
+            raise
+        store.delete_volume(self.id)
+        self._update(status="deleted")
+        self.backend._forget(self)
+        LOG.info("deleted volume %s on backend %s", self.id, self.backend.name)
+
+    def extend(self, size: int) -> None:
+        """Grow the volume to ``size`` GiB."""
+        validation.check_size(size)
+        if size <= self.size:
+            raise InvalidArgument(
+                f"new size {size} GiB must be larger than the current {self.size} GiB"
+            )
+        previous = self.status
+        self._set_status("extending")
+        try:
+            updates = self.backend._host.extend_volume(self._data, size)
+        except Exception:
+            self._set_status(previous)
+            raise
+        self._update(status=previous, size=size, **updates)
+        self._save()
+
+    def clone(
+        self,
+        size: int | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        **extra: Any,
+    ) -> Volume:
+        """A new volume with this volume's data (``size`` defaults to this one's)."""
+        size = self.size if size is None else size
+        validation.check_size(size)
+        if size < self.size:
+            raise InvalidArgument(f"a clone cannot be smaller than its source ({self.size} GiB)")
+        if not {"volume_type", "extra_specs", "qos_specs"} & set(extra):
+            extra["volume_type"] = self.volume_type
+        extra.setdefault("pool", self.pool)
+        record = Volume._new_record(
+            self.backend, size, name, description, extra, source_volume_id=self.id
+        )
+        return Volume._create(self.backend, record, "create_cloned_volume", self._data)
+
+    def create_snapshot(
+        self, name: str | None = None, description: str | None = None, **extra: Any
+    ) -> Snapshot:
+        """Snapshot this volume."""
+        from csi_driver.storage.snapshot import Snapshot
+
+        snapshot = Snapshot._create(self, name, description, extra)
+        if self._snapshots is not None:
+            self._snapshots.append(snapshot)
+        return snapshot
+
+    def connect(self, connector_properties: dict[str, Any], attach_mode: str = "rw") -> Connection:
+        """Export the volume to a host described by os-brick connector properties."""
+        from csi_driver.storage.connection import Connection
+
+        connection = Connection._create(self, connector_properties, attach_mode)
+        self.connections.append(connection)
+        return connection
+
+    def attach(self, multipath: bool = False, enforce_multipath: bool = False) -> Connection:
+        """Connect the volume to this host and attach it with os-brick."""
+        properties = connector.local_properties(
+            self._settings(), multipath=multipath, enforce_multipath=enforce_multipath
+        )
+        connection = self.connect(properties)
+        try:
+            connection.attach()
+        except Exception:
+            LOG.warning("attach of volume %s failed; disconnecting it again", self.id)
+            connection.disconnect(force=True)
+            raise
+        return connection
+
+    def detach(self, force: bool = False) -> None:
+        """Detach and disconnect this volume's connections to this host."""
+        host = self._settings().host
+        local = [c for c in self.connections if c.attached_host == host]
+        if not local:
+            raise NotFound(f"volume {self.id} is not attached to this host ({host})")
+        for connection in local:
+            connection.detach(force=force)
+            connection.disconnect(force=force)
+
+    # -- bookkeeping used by the other resources -------------------------------------
+    def _settings(self) -> Any:
+        return self.backend._settings()
+
+    def _connection_closed(self, connection: Connection) -> None:
+        if self._connections is not None:
+            self._connections[:] = [c for c in self._connections if c.id != connection.id]
+        if self.status == IN_USE and not self._store().get_connections(volume_id=self.id):
+            self._set_status(AVAILABLE)
+
+    def _snapshot_deleted(self, snapshot: Snapshot) -> None:
+        if self._snapshots is not None:
+            self._snapshots[:] = [s for s in self._snapshots if s.id != snapshot.id]
