@@ -78,9 +78,10 @@ class Backend(serialization.Serializable):
     def close(self) -> None:
         """Unregister the backend; stored metadata is kept."""
         with Backend._registry_lock:
-            if Backend.backends.get(self.name) is self:
-                del Backend.backends[self.name]
-        self._host.close()
+            if Backend.backends.get(self.name) is not self:
+                return  # closed already; a newer backend may own the name now
+            del Backend.backends[self.name]
+            self._host.close()
 
     # -- state ----------------------------------------------------------------------------
     def _store(self) -> MetadataStore:

@@ -50,7 +50,7 @@ if not monkey_patch.MONKEY_PATCHED:
 
 from cinder import objects as cinder_objects
 
-cinder_objects.register_all()  # must precede importing cinder.volume.manager
+cinder_objects.register_all()  # drivers import modules that need the object classes
 
 from cinder import context as cinder_context  # noqa: E402
 from cinder import coordination, exception  # noqa: E402
@@ -58,7 +58,6 @@ from cinder import privsep as cinder_privsep  # noqa: E402
 from cinder import utils as cinder_utils  # noqa: E402
 from cinder.db import api as db_api  # noqa: E402
 from cinder.volume import configuration as cinder_configuration  # noqa: E402
-from cinder.volume import manager as volume_manager  # noqa: E402
 from cinder.volume import volume_utils  # noqa: E402
 from oslo_concurrency import processutils  # noqa: E402
 from oslo_config import cfg  # noqa: E402
@@ -520,7 +519,8 @@ class DriverHost:
                 name, f"cannot import volume_driver {volume_driver!r}: {describe(exc)}"
             ) from exc
         settings = runtime.settings()
-        self.configuration = _BackendConfiguration(volume_manager.volume_backend_opts, name)
+        CONF.register_group(cfg.OptGroup(name))  # a no-op when it exists
+        self.configuration = _BackendConfiguration([], name)
         pending = self._set_options({"volume_backend_name": name, **options}, early=True)
         try:
             self.driver = driver_class(

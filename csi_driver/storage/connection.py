@@ -32,6 +32,8 @@ ATTACH_MODES = ("rw", "ro")
 class Connection(Resource):
     """A volume exported to a host; ``volume`` is loaded lazily."""
 
+    __slots__ = ("_volume",)
+
     KIND = "connection"
     LAZY = ("volume",)
     SUMMARY = (

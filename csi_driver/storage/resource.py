@@ -10,6 +10,7 @@ by the Cinder adapter only for the driver call that needs them.
 from __future__ import annotations
 
 import datetime
+import sys
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
@@ -54,6 +55,8 @@ class Field(Generic[T]):
 class Resource(serialization.Serializable):
     """Base of the stored resources; not used directly."""
 
+    __slots__ = ("_data", "backend")
+
     #: Record kind in the metadata store and in documents ('volume', ...).
     KIND: ClassVar[str]
     #: Names of lazily loaded relations, in the order ``dump`` loads them.
@@ -66,9 +69,18 @@ class Resource(serialization.Serializable):
     created_at: Field[str] = Field()
     updated_at: Field[str] = Field()
 
+    #: Record fields with few distinct values, shared between records in memory.
+    SHARED_VALUES: ClassVar[tuple[str, ...]] = ("backend", "status", "user_id", "project_id")
+
     def __init__(self, backend: Backend, data: Record) -> None:
         self.backend = backend
         self._data = data
+        # Tens of thousands of records repeat these strings; one copy each is
+        # what keeps a 10 000-volume dump or load small (see benchmarks/).
+        for key in self.SHARED_VALUES:
+            value = data.get(key)
+            if type(value) is str:
+                data[key] = sys.intern(value)
 
     # -- identity -----------------------------------------------------------
     @property

@@ -5,26 +5,30 @@ shared objects cost nothing and appear once::
 
     {"format": "csi-driver.storage", "version": 1,
      "class": "Volume", "root": "<id of the serialized object>",
-     "backends": [{"volume_backend_name": "lvm", "volumes": ["<id>", ...]}],
-     "volumes": [{...record..., "snapshots": ["<id>"], "connections": ["<id>"]}],
-     "snapshots": [{...record...}], "connections": [{...record...}]}
+     "backends": [{"volume_backend_name": "lvm"}],
+     "volumes": [{...record...}], "snapshots": [...], "connections": [...],
+     "loaded": {"backend_volumes": ["lvm"], "volume_snapshots": ["<volume id>"],
+                "volume_connections": ["<volume id>"]}}
 
-Records are the metadata store's records, in the library's own field names (not
-Cinder's versioned-object primitives), so neither writing nor reading builds a
-Cinder object, and a later Cinder release reads the same documents: the adapter
-maps fields to whatever objects that release has.
+Records are exactly the metadata store's records, in the library's own field
+names (not Cinder's versioned-object primitives): neither writing nor reading
+builds a Cinder object or copies a record, and a later Cinder release reads the
+same documents, the adapter mapping fields to whatever objects it has.
 
-A lazy relation appears as a list of ids only when it was loaded; ``load``
-restores exactly that state. ``class`` is ``BackendList`` for the library-level
-dumps, which has no ``root``. Backends are referenced by name unless
-``setup(output_all_backend_info=True)``, which writes each backend's full driver
-configuration so that ``load`` can configure missing backends itself.
+``loaded`` names the owners whose lazy list is loaded; such a list is every
+record of the document that points at its owner (``backend``/``volume_id``), in
+document order. A snapshot's or connection's ``volume`` is loaded when that
+volume is in the document. ``load`` restores exactly that state. ``class`` is
+``BackendList`` for the library-level dumps, which has no ``root``.
+Backends are referenced by name unless ``setup(output_all_backend_info=True)``,
+which writes each backend's full driver configuration so that ``load`` can
+configure missing backends itself.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
 from typing import TYPE_CHECKING, Any, Self
 
 from csi_driver.storage import runtime
@@ -44,9 +48,28 @@ CLASSES = (LIBRARY_CLASS, "Backend", "Volume", "Snapshot", "Connection")
 _TABLES = ("volumes", "snapshots", "connections")
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def to_string(document: dict[str, Any]) -> str:
-    """Compact JSON text of a document."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text of a document.
+
+    Records are encoded one at a time: encoding the whole document in one call
+    holds every small piece of it as a separate string before joining them, which
+    costs several times the size of the result in memory.
+    """
+    parts = ["{"]
+    for index, (key, value) in enumerate(document.items()):
+        parts.append(("," if index else "") + _encode(key) + ":")
+        if key in _TABLES:
+            parts.append("[")
+            for position, record in enumerate(value):
+                parts.append("," + _encode(record) if position else _encode(record))
+            parts.append("]")
+        else:
+            parts.append(_encode(value))
+    parts.append("}")
+    return "".join(parts)
 
 
 def copy_record(value: Any) -> Any:
@@ -60,6 +83,8 @@ def copy_record(value: Any) -> Any:
 
 class Serializable:
     """The ``json``/``jsons``/``dump``/``dumps`` properties and ``load`` classmethod."""
+
+    __slots__ = ()
 
     @property
     def json(self) -> dict[str, Any]:
@@ -99,14 +124,16 @@ class _Collector:
     def __init__(self, load_lazy: bool) -> None:
         self.load_lazy = load_lazy
         self.backends: dict[str, Backend] = {}
+        #: Backends whose volume list belongs in the document (not mere owners).
+        self.listed: set[str] = set()
         self.volumes: dict[str, Volume] = {}
         self.snapshots: dict[str, Snapshot] = {}
         self.connections: dict[str, Connection] = {}
 
-    def backend(self, backend: Backend, with_volumes: bool = True) -> None:
+    def backend(self, backend: Backend) -> None:
+        """A backend with its volume list (only backends added here get one)."""
         self.backends.setdefault(backend.name, backend)
-        if not with_volumes:
-            return
+        self.listed.add(backend.name)
         if self.load_lazy:
             backend._load_everything()
         for volume in backend._volumes or ():
@@ -149,32 +176,30 @@ class _Collector:
             self._parent(connection)
 
 
-def _backend_entry(backend: Backend, full: bool) -> dict[str, Any]:
-    entry = backend._full_config() if full else {"volume_backend_name": backend.name}
-    if backend._volumes is not None:
-        entry["volumes"] = [v.id for v in backend._volumes]
-    return entry
-
-
-def _volume_entry(volume: Volume) -> dict[str, Any]:
-    entry = dict(volume._data)
-    if volume._snapshots is not None:
-        entry["snapshots"] = [s.id for s in volume._snapshots]
-    if volume._connections is not None:
-        entry["connections"] = [c.id for c in volume._connections]
-    return entry
-
-
 def _render(collector: _Collector, cls: str, root: str | None, copy: bool) -> dict[str, Any]:
     full = runtime.settings().output_all_backend_info
-    backends = [_backend_entry(b, full) for b in collector.backends.values()]
-    volumes = [_volume_entry(v) for v in collector.volumes.values()]
-    snapshots = [s._data for s in collector.snapshots.values()]
-    connections = [c._data for c in collector.connections.values()]
+    volumes = collector.volumes.values()
     doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "class": cls}
     if root is not None:
         doc["root"] = root
-    doc.update(backends=backends, volumes=volumes, snapshots=snapshots, connections=connections)
+    doc.update(
+        backends=[
+            b._full_config() if full else {"volume_backend_name": b.name}
+            for b in collector.backends.values()
+        ],
+        volumes=[v._data for v in volumes],
+        snapshots=[s._data for s in collector.snapshots.values()],
+        connections=[c._data for c in collector.connections.values()],
+        loaded={
+            "backend_volumes": [
+                b.name
+                for b in collector.backends.values()
+                if b.name in collector.listed and b._volumes is not None
+            ],
+            "volume_snapshots": [v.id for v in volumes if v._snapshots is not None],
+            "volume_connections": [v.id for v in volumes if v._connections is not None],
+        },
+    )
     return copy_record(doc) if copy else doc
 
 
@@ -210,22 +235,70 @@ def _fail(where: str, problem: str) -> SerializationError:
     return SerializationError(f"{where}: {problem}")
 
 
+class _Constant(str):
+    """Stands in for NaN/Infinity while parsing, so the error can name where it was."""
+
+
+def _find_constant(value: Any, where: str) -> tuple[str, str] | None:
+    if isinstance(value, _Constant):
+        return where, str(value)
+    items: Any = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        found = _find_constant(
+            item, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"
+        )
+        if found:
+            return found
+    return None
+
+
+def _plain_copy(value: Any, where: str) -> Any:
+    """A copy of a caller's dict document, refusing values JSON cannot hold."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _fail(where, f"key {key!r} is not a string")
+            out[key] = _plain_copy(item, f"{where}.{key}")
+        return out
+    if isinstance(value, list):
+        return [_plain_copy(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(where, f"{value!r} is not valid JSON")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise _fail(where, f"a {type(value).__name__} is not valid JSON")
+
+
 def _parse(data: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """The document dict, and whether it is the caller's own dict (so must be copied)."""
     if isinstance(data, dict):
         return data, True
     if isinstance(data, bytes | bytearray):
-        data = data.decode("utf-8", errors="strict")
+        try:
+            data = data.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise SerializationError(f"not UTF-8 text: {exc}") from None
     if not isinstance(data, str):
         raise SerializationError(
             f"cannot load a {type(data).__name__}; give the JSON text or dict that was dumped"
         )
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=_Constant)
     except json.JSONDecodeError as exc:
         raise SerializationError(
             f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    if "NaN" in data or "Infinity" in data:  # cheap pre-check; the walk is not
+        found = _find_constant(doc, "document")
+        if found:
+            raise _fail(found[0].removeprefix("document."), f"{found[1]} is not valid JSON")
     if not isinstance(doc, dict):
         raise SerializationError(f"a document is a JSON object, not {type(doc).__name__}")
     return doc, False
@@ -259,8 +332,7 @@ _SCHEMA: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
         ("id", (str,), True), ("backend", (str,), True), ("size", (int,), True),
         ("status", (str,), True), ("volume_type", (dict,), True),
         ("name", (str, _NULL), False), ("description", (str, _NULL), False),
-        ("metadata", (dict,), False), ("snapshots", (list,), False),
-        ("connections", (list,), False),
+        ("metadata", (dict,), False),
     ),
     "snapshots": (
         ("id", (str,), True), ("backend", (str,), True), ("volume_id", (str,), True),
@@ -303,22 +375,31 @@ def _check_records(doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return tables
 
 
-def _check_references(doc: dict[str, Any], tables: dict[str, dict[str, dict[str, Any]]]) -> None:
-    volumes = tables["volumes"]
-    for index, record in enumerate(doc.get("volumes", [])):
-        for relation in ("snapshots", "connections"):
-            for ref in record.get(relation, ()):
-                child = tables[relation].get(ref) if isinstance(ref, str) else None
-                if child is None:
-                    raise _fail(f"volumes[{index}].{relation}", f"{ref!r} is not in the document")
-                if child["volume_id"] != record["id"]:
-                    raise _fail(
-                        f"volumes[{index}].{relation}", f"{ref!r} belongs to another volume"
-                    )
-    for index, entry in enumerate(doc.get("backends", [])):
-        for ref in entry.get("volumes", ()) if isinstance(entry, dict) else ():
-            if not isinstance(ref, str) or ref not in volumes:
-                raise _fail(f"backends[{index}].volumes", f"{ref!r} is not in the document")
+_LOADED = {"backend_volumes": "backends", "volume_snapshots": "volumes",
+           "volume_connections": "volumes"}  # fmt: skip
+
+
+def _check_loaded(
+    doc: dict[str, Any], tables: dict[str, dict[str, dict[str, Any]]], names: set[str]
+) -> dict[str, set[str]]:
+    """The owners whose lazy lists are loaded, each checked to be in the document."""
+    loaded = doc.get("loaded", {})
+    if not isinstance(loaded, dict):
+        raise _fail("loaded", "expected an object")
+    unknown = sorted(set(loaded) - set(_LOADED))
+    if unknown:
+        raise _fail("loaded", f"unknown relation(s) {', '.join(unknown)}")
+    out: dict[str, set[str]] = {}
+    for relation, owners in _LOADED.items():
+        ids = loaded.get(relation, [])
+        known = names if owners == "backends" else tables[owners]
+        if not isinstance(ids, list):
+            raise _fail(f"loaded.{relation}", "expected a list")
+        for ref in ids:
+            if not isinstance(ref, str) or ref not in known:
+                raise _fail(f"loaded.{relation}", f"{ref!r} is not in the document")
+        out[relation] = set(ids)
+    return out
 
 
 def _check_root(doc: dict[str, Any], cls: str, tables: dict[str, Any], names: set[str]) -> None:
@@ -336,8 +417,6 @@ def _backend_entries(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         name = entry.get("volume_backend_name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not name:
             raise _fail(f"backends[{index}].volume_backend_name", "missing or not a string")
-        if "volumes" in entry and not isinstance(entry["volumes"], list):
-            raise _fail(f"backends[{index}].volumes", "expected a list")
         entries[name] = entry
     return entries
 
@@ -363,23 +442,19 @@ def _resolve_backends(
             "setup(output_all_backend_info=True))",
         )
     resolved: dict[str, Backend] = {}
+    created: list[Backend] = []
     for name in used:
         backend = Backend.backends.get(name)
         if backend is None:
-            config = {k: v for k, v in entries[name].items() if k != "volumes"}
             try:
-                backend = Backend(**config)
+                backend = Backend(**entries[name])
             except (BackendSetupError, TypeError, ValueError) as exc:
+                for done in created:  # a failed load configures nothing
+                    done.close()
                 raise _fail("backend", f"backend {name!r} could not be configured: {exc}") from exc
+            created.append(backend)
         resolved[name] = backend
     return resolved
-
-
-def _strip(record: dict[str, Any], relations: Iterable[str], copy: bool) -> dict[str, Any]:
-    data = copy_record(record) if copy else dict(record)
-    for relation in relations:
-        data.pop(relation, None)
-    return data
 
 
 def load(data: str | bytes | dict[str, Any], save: bool = False, expect: str | None = None) -> Any:
@@ -396,36 +471,40 @@ def load(data: str | bytes | dict[str, Any], save: bool = False, expect: str | N
     cls = _check_header(doc, expect)
     entries = _backend_entries(doc)
     tables = _check_records(doc)
-    _check_references(doc, tables)
+    loaded = _check_loaded(doc, tables, set(entries))
     _check_root(doc, cls, tables, set(entries))
+    if foreign:  # never share dicts with the caller, and refuse what JSON cannot hold
+        tables = {
+            name: {i: _plain_copy(r, f"{name}[{i!r}]") for i, r in t.items()}
+            for name, t in tables.items()
+        }
     backends = _resolve_backends(entries, tables)
 
-    volumes = {
-        vid: Volume(backends[raw["backend"]], _strip(raw, ("snapshots", "connections"), foreign))
-        for vid, raw in tables["volumes"].items()
-    }
+    volumes = {vid: Volume(backends[raw["backend"]], raw) for vid, raw in tables["volumes"].items()}
     snapshots = {
-        sid: Snapshot(
-            backends[raw["backend"]], _strip(raw, (), foreign), volume=volumes.get(raw["volume_id"])
-        )
+        sid: Snapshot(backends[raw["backend"]], raw, volume=volumes.get(raw["volume_id"]))
         for sid, raw in tables["snapshots"].items()
     }
     connections = {
-        cid: Connection(
-            backends[raw["backend"]], _strip(raw, (), foreign), volume=volumes.get(raw["volume_id"])
-        )
+        cid: Connection(backends[raw["backend"]], raw, volume=volumes.get(raw["volume_id"]))
         for cid, raw in tables["connections"].items()
     }
-    for vid, raw in tables["volumes"].items():
-        if "snapshots" in raw:
-            volumes[vid]._snapshots = [snapshots[s] for s in raw["snapshots"]]
-        if "connections" in raw:
-            volumes[vid]._connections = [connections[c] for c in raw["connections"]]
-    for name, entry in entries.items():
-        if "volumes" in entry:
-            backend = backends[name]
-            with backend._lock:
-                backend._volumes = [volumes[v] for v in entry["volumes"]]
+    for vid in loaded["volume_snapshots"]:
+        volumes[vid]._snapshots = []
+    for vid in loaded["volume_connections"]:
+        volumes[vid]._connections = []
+    for snapshot in snapshots.values():
+        parent = volumes.get(snapshot.volume_id)
+        if parent is not None and parent._snapshots is not None:
+            parent._snapshots.append(snapshot)
+    for connection in connections.values():
+        parent = volumes.get(connection.volume_id)
+        if parent is not None and parent._connections is not None:
+            parent._connections.append(connection)
+    for name in loaded["backend_volumes"]:
+        backend = backends[name]
+        with backend._lock:
+            backend._volumes = [v for v in volumes.values() if v.backend_name == name]
 
     if save:
         runtime.store().write(

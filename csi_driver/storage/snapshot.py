@@ -20,6 +20,8 @@ LOG = logging.getLogger(__name__)
 class Snapshot(Resource):
     """A point-in-time copy of a volume; ``volume`` is loaded lazily."""
 
+    __slots__ = ("_volume",)
+
     KIND = "snapshot"
     LAZY = ("volume",)
     SUMMARY = (

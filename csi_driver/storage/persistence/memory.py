@@ -7,7 +7,6 @@ indexes on the filter columns keep lookups from scanning every record.
 
 from __future__ import annotations
 
-import json
 import operator
 import threading
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from csi_driver.storage.persistence.base import (
     check_key,
     check_kind,
     check_value,
+    decode_records,
     encode_record,
 )
 
@@ -123,7 +123,7 @@ class MemoryStore(MetadataStore):
         check_filters(id=record_id, **filters)
         with self._lock:
             texts = self._tables[kind].select(record_id, filters)
-        return [json.loads(text) for text in texts]
+        return decode_records(texts)
 
     def get_volumes(
         self,

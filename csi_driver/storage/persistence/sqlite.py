@@ -10,7 +10,6 @@ Record contents are never logged: connection records can hold CHAP secrets.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -30,6 +29,7 @@ from csi_driver.storage.persistence.base import (
     check_key,
     check_kind,
     check_value,
+    decode_records,
     encode_record,
 )
 
@@ -240,11 +240,12 @@ class SQLiteStore(MetadataStore):
         where = " AND ".join(f"{col} = ?" for col, _ in given) or "1"
         sql = f"SELECT data FROM {_TABLES[kind]} WHERE {where} ORDER BY pos"  # noqa: S608 - constants only
         try:
-            rows = self._conn().execute(sql, [value for _, value in given]).fetchall()
+            # Decode while iterating: holding every row's text next to its decoded
+            # record would double the memory of a bulk read.
+            cursor = self._conn().execute(sql, [value for _, value in given])
+            return decode_records(data for (data,) in cursor)
         except sqlite3.Error as exc:
             raise self._error(exc, f"cannot read {kind} records") from exc
-        try:
-            return [json.loads(data) for (data,) in rows]
         except (TypeError, ValueError) as exc:
             raise StoreError(
                 f"metadata store {self.path}: a {kind} record is not valid JSON: {exc}"
