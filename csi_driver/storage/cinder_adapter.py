@@ -73,6 +73,7 @@ from csi_driver.storage.exceptions import (  # noqa: E402
     NotSupported,
     StorageError,
 )
+from csi_driver.storage.persistence.base import apply_changes  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -216,7 +217,7 @@ def _record(kind: str, record_id: str) -> Record:
 
 
 def _save_changes(kind: str, record: Record, changes: Record) -> None:
-    record.update(changes)
+    apply_changes(record, changes)
     if (kind, record["id"]) not in _scope.records:  # live records are saved by their owner
         runtime.store().write(**{kind + "s": (record,)})
 

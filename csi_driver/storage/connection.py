@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage import connector, secrets, validation
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState, NotFound
+from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -113,19 +114,21 @@ class Connection(Resource):
                 f"volume {volume.id} is already connected to another host and is not multiattach"
             )
         now = utcnow()
-        record: Record = {
-            "id": new_id(),
-            "backend": volume.backend_name,
-            "volume_id": volume.id,
-            "status": "connecting",
-            "attach_mode": attach_mode,
-            "attached_host": host,
-            "connector": props,
-            "connection_info": None,
-            "device": None,
-            "created_at": now,
-            "updated_at": now,
-        }
+        record: Record = compact(
+            {
+                "id": new_id(),
+                "backend": volume.backend_name,
+                "volume_id": volume.id,
+                "status": "connecting",
+                "attach_mode": attach_mode,
+                "attached_host": host,
+                "connector": props,
+                "connection_info": None,
+                "device": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
         store.set_connection(record)
         try:
             updates, conn_info = volume.backend._host.connect(volume._data, record, existing)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from csi_driver.storage import runtime, secrets, serialization
 from csi_driver.storage.exceptions import InvalidArgument
+from csi_driver.storage.persistence.base import apply_changes
 
 if TYPE_CHECKING:
     from csi_driver.storage.backend import Backend
@@ -112,7 +113,7 @@ class Resource(serialization.Serializable):
         return runtime.store()
 
     def _update(self, **changes: Any) -> None:
-        self._data.update(changes)
+        apply_changes(self._data, changes)
         self._data["updated_at"] = utcnow()
 
     def _save(self) -> None:

@@ -342,7 +342,7 @@ _SCHEMA: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
     "connections": (
         ("id", (str,), True), ("backend", (str,), True), ("volume_id", (str,), True),
         ("status", (str,), True), ("connector", (dict,), True),
-        ("connection_info", (dict, _NULL), True), ("attach_mode", (str,), False),
+        ("connection_info", (dict, _NULL), False), ("attach_mode", (str,), False),
     ),
 }  # fmt: skip
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage import validation
 from csi_driver.storage.exceptions import InvalidArgument, NotFound
+from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -65,23 +66,25 @@ class Snapshot(Resource):
             raise InvalidArgument(f"a snapshot with id {snapshot_id!r} already exists")
         settings = volume._settings()
         now = utcnow()
-        record: Record = {
-            "id": snapshot_id,
-            "backend": volume.backend_name,
-            "volume_id": volume.id,
-            "name": name,
-            "description": description,
-            "volume_size": volume.size,
-            "status": "creating",
-            "created_at": now,
-            "updated_at": now,
-            "metadata": opts["metadata"],
-            "user_id": settings.user_id,
-            "project_id": settings.project_id,
-            "provider_location": None,
-            "provider_auth": None,
-            "provider_id": None,
-        }
+        record: Record = compact(
+            {
+                "id": snapshot_id,
+                "backend": volume.backend_name,
+                "volume_id": volume.id,
+                "name": name,
+                "description": description,
+                "volume_size": volume.size,
+                "status": "creating",
+                "created_at": now,
+                "updated_at": now,
+                "metadata": opts["metadata"],
+                "user_id": settings.user_id,
+                "project_id": settings.project_id,
+                "provider_location": None,
+                "provider_auth": None,
+                "provider_id": None,
+            }
+        )
         snapshot = cls(volume.backend, record, volume=volume)
         store.set_snapshot(record)
         try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage import connector, validation
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState, NotFound
+from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -106,32 +107,34 @@ class Volume(Resource):
             raise InvalidArgument(f"a volume with id {volume_id!r} already exists")
         settings = backend._settings()
         now = utcnow()
-        return {
-            "id": volume_id,
-            "backend": backend.name,
-            "pool": opts.pop("pool", None) or backend.default_pool(),
-            "name": name,
-            "description": description,
-            "size": size,
-            "status": "creating",
-            "created_at": now,
-            "updated_at": now,
-            "source_volume_id": sources.get("source_volume_id"),
-            "source_snapshot_id": sources.get("source_snapshot_id"),
-            "volume_type": opts.pop("volume_type"),
-            "multiattach": opts.pop("multiattach", False),
-            "availability_zone": opts.pop("availability_zone", None),
-            "metadata": opts.pop("metadata", {}),
-            "admin_metadata": {},
-            "user_id": settings.user_id,
-            "project_id": settings.project_id,
-            "name_id": None,
-            "provider_location": None,
-            "provider_auth": None,
-            "provider_id": None,
-            "provider_geometry": None,
-            "replication_status": None,
-        }
+        return compact(
+            {
+                "id": volume_id,
+                "backend": backend.name,
+                "pool": opts.pop("pool", None) or backend.default_pool(),
+                "name": name,
+                "description": description,
+                "size": size,
+                "status": "creating",
+                "created_at": now,
+                "updated_at": now,
+                "source_volume_id": sources.get("source_volume_id"),
+                "source_snapshot_id": sources.get("source_snapshot_id"),
+                "volume_type": opts.pop("volume_type"),
+                "multiattach": opts.pop("multiattach", False),
+                "availability_zone": opts.pop("availability_zone", None),
+                "metadata": opts.pop("metadata", {}),
+                "admin_metadata": {},
+                "user_id": settings.user_id,
+                "project_id": settings.project_id,
+                "name_id": None,
+                "provider_location": None,
+                "provider_auth": None,
+                "provider_id": None,
+                "provider_geometry": None,
+                "replication_status": None,
+            }
+        )
 
     @classmethod
     def _create(

@@ -150,6 +150,24 @@ class MetadataStore(abc.ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def compact(record: Record) -> Record:
+    """The record without its None values: an absent field reads as None.
+
+    Records leave unset fields out, which makes each one a third smaller in
+    memory and in serialized text (tens of MiB at 10 000 volumes).
+    """
+    return {key: value for key, value in record.items() if value is not None}
+
+
+def apply_changes(record: Record, changes: Record) -> None:
+    """Update a record in place; a change to None removes the field."""
+    for key, value in changes.items():
+        if value is None:
+            record.pop(key, None)
+        else:
+            record[key] = value
+
+
 def check_kind(kind: str) -> None:
     """Refuse a kind that is not one of KINDS."""
     if kind not in KINDS:

@@ -1,0 +1,206 @@
+"""Deliberately misbehaving Cinder drivers for the storage tests (fault injection).
+
+Every class here is a *fake on purpose*: a subclass of the real ``FileDriver`` that
+does exactly what the real driver does, except for one behaviour injected so a
+test can watch how the library reacts to it. Nothing else in the tests is faked.
+
+How the tests load these classes
+--------------------------------
+``tests`` is not a package and pytest runs with ``--import-mode=importlib``, which
+does not put test directories on ``sys.path``. The test modules (through the
+``conftest.py`` of ``tests/storage/lifecycle`` and ``tests/storage/adapter``, and
+``tests/storage/test_secrets.py`` itself) therefore *append* this directory,
+``tests/storage``, to ``sys.path``; a backend then names a class here with the
+plain dotted path the library hands to ``oslo_utils.importutils.import_class``::
+
+    storage.Backend(volume_backend_name='x',
+                    volume_driver='fault_injection.FaultInjectingFileDriver', ...)
+
+The module is imported lazily, by the library, when such a backend is configured:
+importing it at test-collection time would import Cinder before the library's
+Cinder adapter has prepared the process (threading mode, object registry).
+
+Faults
+------
+``FaultInjectingFileDriver`` fails a driver method when either
+
+- the backend option ``fault_inject_operations`` (a list of method names) names
+  it: the fault is there for the whole life of the backend; or
+- the backend option ``fault_inject_flag_dir`` is set and a file named after the
+  method exists in that directory: the test switches the fault on and off while
+  the backend runs (``touch``/``unlink`` of the flag file).
+
+The failure is ``cinder.exception.VolumeBackendAPIException`` raised *before*
+the real method runs, as a real driver raises when its array refuses a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from cinder import exception
+from cinder.volume import volume_utils
+from oslo_config import cfg
+
+from csi_driver.storage.drivers.file import FileDriver
+
+INJECTED = "injected fault"
+
+fault_opts = [
+    cfg.ListOpt(
+        "fault_inject_operations",
+        default=[],
+        help="Driver methods that always fail (fault injection for tests).",
+    ),
+    cfg.StrOpt(
+        "fault_inject_flag_dir",
+        help="Directory whose files, named after driver methods, make them fail.",
+    ),
+]
+
+probe_opts = [
+    cfg.StrOpt(
+        "probe_default_volumes_dir",
+        help="Directory SetDefaultProbeFileDriver installs as file_volumes_dir default.",
+    ),
+]
+
+
+class FaultInjectingFileDriver(FileDriver):
+    """FileDriver whose methods fail on demand (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(fault_opts)
+
+    def _maybe_fail(self, method: str) -> None:
+        always = self.configuration.safe_get("fault_inject_operations") or []
+        flag_dir = self.configuration.safe_get("fault_inject_flag_dir")
+        flagged = bool(flag_dir) and os.path.exists(os.path.join(flag_dir, method))
+        if method in always or flagged:
+            raise exception.VolumeBackendAPIException(
+                data=f"{INJECTED}: {method} on {self.backend_name}"
+            )
+
+    def create_volume(self, volume: Any) -> Any:
+        self._maybe_fail("create_volume")
+        return super().create_volume(volume)
+
+    def create_cloned_volume(self, volume: Any, src_vref: Any) -> Any:
+        self._maybe_fail("create_cloned_volume")
+        return super().create_cloned_volume(volume, src_vref)
+
+    def create_volume_from_snapshot(self, volume: Any, snapshot: Any) -> Any:
+        self._maybe_fail("create_volume_from_snapshot")
+        return super().create_volume_from_snapshot(volume, snapshot)
+
+    def delete_volume(self, volume: Any) -> Any:
+        self._maybe_fail("delete_volume")
+        return super().delete_volume(volume)
+
+    def extend_volume(self, volume: Any, new_size: int) -> Any:
+        self._maybe_fail("extend_volume")
+        return super().extend_volume(volume, new_size)
+
+    def create_snapshot(self, snapshot: Any) -> Any:
+        self._maybe_fail("create_snapshot")
+        return super().create_snapshot(snapshot)
+
+    def delete_snapshot(self, snapshot: Any) -> Any:
+        self._maybe_fail("delete_snapshot")
+        return super().delete_snapshot(snapshot)
+
+    def initialize_connection(self, volume: Any, connector: Any) -> dict[str, Any]:
+        self._maybe_fail("initialize_connection")
+        return super().initialize_connection(volume, connector)
+
+    def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> None:
+        self._maybe_fail("terminate_connection")
+        return super().terminate_connection(volume, connector, **kwargs)
+
+
+class SetDefaultProbeFileDriver(FileDriver):
+    """Injects the RBD driver's habit: ``do_setup`` fills an unset option with
+    ``configuration.set_default`` (RBD does it for ``rbd_secret_uuid``).
+
+    In Cinder ``set_default`` writes to the ``[backend_defaults]`` group shared by
+    every backend, so a second backend of this driver would find the first one's
+    value already "set" and use it. Here the value is ``probe_default_volumes_dir``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(probe_opts)
+
+    def do_setup(self, context: Any) -> None:
+        if not self.configuration.safe_get("file_volumes_dir"):
+            self.configuration.set_default(
+                "file_volumes_dir", self.configuration.safe_get("probe_default_volumes_dir")
+            )
+        super().do_setup(context)
+
+
+class UnservedDbCallFileDriver(FileDriver):
+    """Injects a database call no standalone host serves: ``create_volume`` first
+    asks ``cinder.db.api.service_get_all`` (as a scheduler-minded driver might)."""
+
+    def create_volume(self, volume: Any) -> Any:
+        self.db.service_get_all(volume._context)
+        return super().create_volume(volume)
+
+
+class DbShimProbeFileDriver(FileDriver):
+    """Injects the database writes real drivers make, to watch where they land.
+
+    - ``create_volume`` saves ``provider_location`` through ``volume.save()`` (which
+      calls ``cinder.db.api.volume_update``) and ``provider_id`` through
+      ``self.db.volume_update`` directly, as iSCSI/FC drivers do;
+    - ``initialize_connection`` records, per initiator, the first volume it was
+      given (``driver_initiator_data_insert_by_key``; a duplicate key raises
+      ``DriverInitiatorDataExists``, which it ignores as real drivers do) and
+      returns everything stored for that initiator (``driver_initiator_data_get``)
+      in the connection info under ``data['initiator_data']``.
+    """
+
+    NAMESPACE = "DbShimProbeFileDriver"
+    SAVED_LOCATION = "probe-location-from-volume.save"
+    UPDATED_PROVIDER_ID = "probe-id-from-db.volume_update"
+
+    def create_volume(self, volume: Any) -> Any:
+        super().create_volume(volume)
+        volume.provider_location = self.SAVED_LOCATION
+        volume.save()
+        self.db.volume_update(volume._context, volume.id, {"provider_id": self.UPDATED_PROVIDER_ID})
+
+    def initialize_connection(self, volume: Any, connector: Any) -> dict[str, Any]:
+        info = super().initialize_connection(volume, connector)
+        context = volume._context
+        initiator = connector["initiator"]
+        with contextlib.suppress(exception.DriverInitiatorDataExists):
+            self.db.driver_initiator_data_insert_by_key(
+                context, initiator, self.NAMESPACE, "first_volume", volume.id
+            )
+        rows = self.db.driver_initiator_data_get(context, initiator, self.NAMESPACE)
+        info["data"]["initiator_data"] = {row.key: row.value for row in rows}
+        return info
+
+
+class ChapSecretInjectingFileDriver(FileDriver):
+    """Injects CHAP credentials the way iSCSI target helpers hand them out:
+    ``create_export`` invents a random secret and returns it in ``provider_auth``
+    (``'CHAP <user> <secret>'``); ``initialize_connection`` puts it into the
+    connection info as ``auth_method``/``auth_username``/``auth_password``."""
+
+    CHAP_USER = "csi-chap-user"
+
+    def create_export(self, context: Any, volume: Any, connector: Any) -> dict[str, Any]:
+        secret = "Chap-" + volume_utils.generate_password(length=20)
+        return {"provider_auth": f"CHAP {self.CHAP_USER} {secret}"}
+
+    def initialize_connection(self, volume: Any, connector: Any) -> dict[str, Any]:
+        info = super().initialize_connection(volume, connector)
+        method, user, secret = volume.provider_auth.split()
+        info["data"].update(auth_method=method, auth_username=user, auth_password=secret)
+        return info
