@@ -1,0 +1,52 @@
+# Every target installs what it needs first, so each works on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests use: lvm2 gives `vgs`, which Cinder's LVM driver runs.
+APT_PACKAGES := lvm2
+
+.PHONY: install system-deps run test lint format bench bench-serialization clean
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# Versions are pinned by constraints.txt (cinder 29.0.0, os-brick 7.1.1 and their deps).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+run: install
+	$(BIN)/csi-driver demo --data-dir data
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Prints one JSON line (also kept in bench-results/).
+bench-serialization: install
+	@mkdir -p bench-results
+	$(BIN)/python benchmarks/serialization.py | tee bench-results/serialization.json
+
+bench: bench-serialization
+
+clean:
+	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache
