@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -244,6 +246,22 @@ def test_regular_file_as_dir_is_refused(cinder: Any, group: str, tmp_path: Path,
         d.check_for_setup_error()
 
 
+def _rerun_without_capabilities(test_id: str) -> None:
+    """Run one test again in a child that keeps uid 0 but holds no capabilities.
+
+    Root with CAP_DAC_OVERRIDE may write into any directory, so a read-only
+    directory can only be tested from a process that lost that capability.
+    """
+    if os.environ.get("CSI_TEST_WITHOUT_CAPS"):
+        pytest.fail("still able to write into a 0500 directory after dropping capabilities")
+    command = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m",
+               "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test_id}"]  # fmt: skip
+    env = {**os.environ, "CSI_TEST_WITHOUT_CAPS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 passed" in done.stdout, done.stdout[-3000:]
+
+
 def test_read_only_dir_is_refused(cinder: Any, group: str, tmp_path: Path, ctx: Any):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
@@ -253,7 +271,8 @@ def test_read_only_dir_is_refused(cinder: Any, group: str, tmp_path: Path, ctx: 
         except PermissionError:
             pass
         else:
-            pytest.skip("this process may write into a read-only-mode directory (root)")
+            _rerun_without_capabilities("test_read_only_dir_is_refused")
+            return
         d = make_driver(cinder, group, str(ro))
         d.do_setup(ctx)
         with pytest.raises(cinder.exception.VolumeDriverException, match="not writable"):
