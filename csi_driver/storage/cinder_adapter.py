@@ -610,8 +610,8 @@ class DriverHost:
         try:
             yield
         except StorageError as exc:
-            if self.name in str(exc):
-                raise
+            if getattr(exc, "backend", None) == self.name:
+                raise  # already names this backend and operation
             raise _translate(self.name, operation, exc) from exc
         except Exception as exc:
             LOG.debug("backend %s: %s raised %s", self.name, operation, describe(exc))

@@ -15,32 +15,19 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from samples import NODE_A
 
 from csi_driver import storage
-
-STORAGE_TESTS_DIR = str(Path(__file__).resolve().parent)
-if STORAGE_TESTS_DIR not in sys.path:
-    sys.path.append(STORAGE_TESTS_DIR)
 
 PASSWORD = "S3cr3t-Pa55"
 FILE_DRIVER = "csi_driver.storage.drivers.file.FileDriver"
 FAULTY_DRIVER = "fault_injection.FaultInjectingFileDriver"
 CHAP_DRIVER = "fault_injection.ChapSecretInjectingFileDriver"
-NODE_A = {
-    "platform": "x86_64",
-    "os_type": "linux",
-    "ip": "192.0.2.10",
-    "host": "node-a",
-    "multipath": False,
-    "initiator": "iqn.2004-10.com.example:node-a",
-    "do_local_attach": False,
-}
 
 
 def setup_library(tmp_path: Path, **options: Any) -> None:
@@ -49,21 +36,6 @@ def setup_library(tmp_path: Path, **options: Any) -> None:
         file_locks_path=str(tmp_path / "locks"),
         **options,
     )
-
-
-@pytest.fixture
-def make_backend(tmp_path: Path) -> Iterator[Callable[..., storage.Backend]]:
-    made: list[storage.Backend] = []
-
-    def make(name: str, volume_driver: str = FILE_DRIVER, **options: Any) -> storage.Backend:
-        options.setdefault("file_volumes_dir", str(tmp_path / name))
-        backend = storage.Backend(volume_backend_name=name, volume_driver=volume_driver, **options)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
 
 
 class Captured:
@@ -102,7 +74,11 @@ def test_secret_backend_option_never_reaches_a_log_line(
     flags = tmp_path / "flags"
     flags.mkdir()
     backend = make_backend(
-        "secret-logs", FAULTY_DRIVER, chap_password=PASSWORD, fault_inject_flag_dir=str(flags)
+        "secret-logs",
+        FAULTY_DRIVER,
+        chap_password=PASSWORD,
+        fault_inject_flag_dir=str(flags),
+        file_volumes_dir=str(tmp_path / "secret-logs"),
     )
     vol = backend.create_volume(size=1)
     conn = vol.connect(NODE_A)
@@ -176,7 +152,7 @@ def test_chap_secret_of_connection_info_is_masked_in_logs_and_to_dict(
     tmp_path: Path, make_backend: Callable[..., storage.Backend], captured: Captured
 ) -> None:
     setup_library(tmp_path)
-    backend = make_backend("chap", CHAP_DRIVER)
+    backend = make_backend("chap", CHAP_DRIVER, file_volumes_dir=str(tmp_path / "chap"))
     vol = backend.create_volume(size=1)
     conn = vol.connect(NODE_A)
     secret = conn.connection_info["data"]["auth_password"]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from samples import NODE_A
 
 from csi_driver import storage
 from csi_driver.storage import runtime
@@ -21,15 +22,6 @@ DB_PROBE = "fault_injection.DbShimProbeFileDriver"
 # Values the probe driver writes (fault_injection.DbShimProbeFileDriver).
 SAVED_LOCATION = "probe-location-from-volume.save"
 UPDATED_PROVIDER_ID = "probe-id-from-db.volume_update"
-NODE_A = {
-    "platform": "x86_64",
-    "os_type": "linux",
-    "ip": "192.0.2.10",
-    "host": "node-a",
-    "multipath": False,
-    "initiator": "iqn.2004-10.com.example:node-a",
-    "do_local_attach": False,
-}
 
 MakeBackend = Callable[..., storage.Backend]
 

@@ -12,22 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from samples import NODE_A, NODE_B
 
 from csi_driver import storage
 from csi_driver.storage import runtime
 
 FAULTY_DRIVER = "fault_injection.FaultInjectingFileDriver"
-NODE_A = {
-    "platform": "x86_64",
-    "os_type": "linux",
-    "ip": "192.0.2.10",
-    "host": "node-a",
-    "multipath": False,
-    "initiator": "iqn.2004-10.com.example:node-a",
-    "do_local_attach": False,
-}
-NODE_B = {**NODE_A, "ip": "192.0.2.11", "host": "node-b",
-          "initiator": "iqn.2004-10.com.example:node-b"}  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("memory_store")
 

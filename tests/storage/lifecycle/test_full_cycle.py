@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from samples import NODE_A
 
 from csi_driver import storage
 from csi_driver.storage import runtime
@@ -15,15 +16,6 @@ from csi_driver.storage import runtime
 GiB = 1024**3
 PAYLOAD = b"csi-driver lifecycle payload \x00\x01\x02\xff" * 64
 OFFSET = 3 * 1024 * 1024  # inside the first GiB, away from offset 0
-NODE_A = {
-    "platform": "x86_64",
-    "os_type": "linux",
-    "ip": "192.0.2.10",
-    "host": "node-a",
-    "multipath": False,
-    "initiator": "iqn.2004-10.com.example:node-a",
-    "do_local_attach": False,
-}
 
 
 @pytest.fixture(params=["memory", "sqlite"])

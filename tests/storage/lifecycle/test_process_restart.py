@@ -12,19 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from samples import NODE_A
+
 from csi_driver import storage
 from csi_driver.storage import runtime
 
 FILE_DRIVER = "csi_driver.storage.drivers.file.FileDriver"
-NODE_A = {
-    "platform": "x86_64",
-    "os_type": "linux",
-    "ip": "192.0.2.10",
-    "host": "node-a",
-    "multipath": False,
-    "initiator": "iqn.2004-10.com.example:node-a",
-    "do_local_attach": False,
-}
 
 # Runs in a fresh interpreter: argv[1] is a JSON dict of parameters.
 CHILD_PRELUDE = """

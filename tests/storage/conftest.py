@@ -1,4 +1,4 @@
-"""Fixtures of the lifecycle tests: a configured library and backends closed after each test.
+"""Fixtures shared by the storage tests: a configured library, backends closed after each test.
 
 ``tests/storage`` is appended to ``sys.path`` so that backends can name the deliberate
 fakes of ``tests/storage/fault_injection.py`` as ``fault_injection.<Class>`` (see there).
@@ -15,7 +15,7 @@ import pytest
 
 from csi_driver import storage
 
-STORAGE_TESTS_DIR = str(Path(__file__).resolve().parents[1])
+STORAGE_TESTS_DIR = str(Path(__file__).resolve().parent)
 if STORAGE_TESTS_DIR not in sys.path:
     sys.path.append(STORAGE_TESTS_DIR)
 
