@@ -10,7 +10,6 @@ by the Cinder adapter only for the driver call that needs them.
 from __future__ import annotations
 
 import datetime
-import sys
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
@@ -70,18 +69,9 @@ class Resource(serialization.Serializable):
     created_at: Field[str] = Field()
     updated_at: Field[str] = Field()
 
-    #: Record fields with few distinct values, shared between records in memory.
-    SHARED_VALUES: ClassVar[tuple[str, ...]] = ("backend", "status", "user_id", "project_id")
-
     def __init__(self, backend: Backend, data: Record) -> None:
         self.backend = backend
         self._data = data
-        # Tens of thousands of records repeat these strings; one copy each is
-        # what keeps a 10 000-volume dump or load small (see benchmarks/).
-        for key in self.SHARED_VALUES:
-            value = data.get(key)
-            if type(value) is str:
-                data[key] = sys.intern(value)
 
     # -- identity -----------------------------------------------------------
     @property

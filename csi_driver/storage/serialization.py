@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from csi_driver.storage import runtime
 from csi_driver.storage.exceptions import BackendSetupError, SerializationError
+from csi_driver.storage.persistence.base import share_values
 
 if TYPE_CHECKING:
     from csi_driver.storage.backend import Backend
@@ -290,7 +291,7 @@ def _parse(data: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], bool]:
             f"cannot load a {type(data).__name__}; give the JSON text or dict that was dumped"
         )
     try:
-        doc = json.loads(data, parse_constant=_Constant)
+        doc = json.loads(data, parse_constant=_Constant, object_hook=share_values)
     except json.JSONDecodeError as exc:
         raise SerializationError(
             f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from csi_driver.storage.exceptions import InvalidArgument
+from csi_driver.storage.persistence.base import compact, shared_volume_type
 
 DEFAULT_VOLUME_TYPE = "__DEFAULT__"
 _TYPE_NAMESPACE = uuid.UUID("6f1d1f0e-5a43-4c39-9d2a-0c5ad0f1c7b1")
@@ -57,33 +58,16 @@ def volume_type(
     specs = check_str_dict("extra_specs", extra_specs or {})
     qos = check_str_dict("qos_specs", qos_specs) if qos_specs else None
     content = json.dumps([name, specs, qos], sort_keys=True)
-    return {
-        "id": str(uuid.uuid5(_TYPE_NAMESPACE, content)),
-        "name": name or DEFAULT_VOLUME_TYPE,
-        "extra_specs": specs,
-        "qos_specs": qos,
-    }
-
-
-_shared_types: dict[str, dict[str, Any]] = {}
-_MAX_SHARED_TYPES = 1024
-
-
-def shared_volume_type(vtype: Any) -> Any:
-    """One in-memory copy of each distinct volume type record.
-
-    Volumes of one type carry equal ``volume_type`` dicts; sharing them saves
-    about half a KiB per volume. Types are never changed in place.
-    """
-    if not isinstance(vtype, dict):
-        return vtype
-    key = vtype.get("id")
-    seen = _shared_types.get(key) if isinstance(key, str) else None
-    if seen is not None and seen == vtype:
-        return seen
-    if isinstance(key, str) and len(_shared_types) < _MAX_SHARED_TYPES:
-        _shared_types.setdefault(key, vtype)
-    return vtype
+    return shared_volume_type(
+        compact(
+            {
+                "id": str(uuid.uuid5(_TYPE_NAMESPACE, content)),
+                "name": name or DEFAULT_VOLUME_TYPE,
+                "extra_specs": specs,
+                "qos_specs": qos,
+            }
+        )
+    )
 
 
 def volume_extras(extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,6 @@ class Volume(Resource):
 
     KIND = "volume"
     LAZY = ("snapshots", "connections")
-    SHARED_VALUES = (*Resource.SHARED_VALUES, "pool", "availability_zone")
     SUMMARY = (
         "id", "name", "description", "size", "status", "created_at", "source_volume_id",
         "source_snapshot_id", "volume_type", "multiattach", "availability_zone", "metadata",
@@ -61,7 +60,6 @@ class Volume(Resource):
         connections: list[Connection] | None = None,
     ) -> None:
         super().__init__(backend, data)
-        data["volume_type"] = validation.shared_volume_type(data.get("volume_type"))
         self._snapshots = snapshots
         self._connections = connections
 
