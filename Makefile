@@ -9,6 +9,9 @@ APT_PACKAGES := lvm2
 
 .PHONY: install system-deps run test lint format bench bench-serialization clean
 
+# Optional parts (Ceph test cluster, VM harness) keep their targets in mk/*.mk.
+-include $(wildcard mk/*.mk)
+
 install: system-deps $(STAMP)
 
 system-deps:
