@@ -9,9 +9,6 @@ APT_PACKAGES := lvm2
 
 .PHONY: install system-deps run test lint format bench bench-serialization clean
 
-# Optional parts (Ceph test cluster, VM harness) keep their targets in mk/*.mk.
--include $(wildcard mk/*.mk)
-
 install: system-deps $(STAMP)
 
 system-deps:
@@ -53,3 +50,6 @@ bench: bench-serialization
 
 clean:
 	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache
+
+# Test infrastructure (Ceph test cluster, VM harness) keeps its targets in mk/*.mk.
+-include $(wildcard mk/*.mk)
