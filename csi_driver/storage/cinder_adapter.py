@@ -15,6 +15,9 @@ Global changes to Cinder are made in one place, ``_apply_process_settings``:
   naming the function, instead of failing on a missing SQL database. Cinder 29
   has no DB-backend switch any more, so this is the narrowest hook there is.
 - ``cinder.utils.get_root_helper`` returns the configured root helper.
+- ``volume_utils.generate_password`` remembers what it generates as a secret: iSCSI
+  targets make CHAP credentials inside ``create_export`` and log the commands that
+  use them (``cinder-rtstool create ... <user> <password>``) before returning them.
 - ``[DEFAULT]`` host/state_path/my_ip, lock and coordination paths, privsep mode.
 - The venv's ``bin`` directory goes on ``PATH``: drivers run ``cinder-rtstool``
   and ``privsep-helper`` by name.
@@ -107,7 +110,29 @@ _EXCEPTION_TYPES: tuple[tuple[type[BaseException], type[StorageError]], ...] = (
 # Errors
 # ---------------------------------------------------------------------------------
 def describe(exc: BaseException) -> str:
-    """A one-line, secret-free account of a driver exception."""
+    """A one-line, secret-free account of a driver exception.
+
+    Drivers often wrap the error that names the cause in a generic one (RBD raises
+    "Error connecting to ceph cluster." while handling ``rados.PermissionDeniedError``),
+    so the exceptions it was raised from or while handling are added when they say more.
+    An earlier failure already reported on its own (a cleanup runs while handling the
+    create that failed) is not a cause and is left out.
+    """
+    text = _describe_one(exc)
+    for _ in range(3):
+        cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if cause is None or isinstance(exc, StorageError):
+            break
+        if isinstance(cause, DriverError | BackendSetupError):
+            break
+        cause_text = _describe_one(cause)
+        if cause_text not in text:
+            text += f" (caused by {cause_text})"
+        exc = cause
+    return text
+
+
+def _describe_one(exc: BaseException) -> str:
     if isinstance(exc, processutils.ProcessExecutionError):
         lines = (exc.stderr or exc.stdout or "").splitlines()
         output = "; ".join(" ".join(line.split()) for line in lines if line.strip())
@@ -182,6 +207,7 @@ def _apply_process_settings(settings: runtime.Settings) -> None:
     connector.configure_privsep(cinder_privsep.sys_admin_pctxt, "cinder_sys_admin", settings)
     root_helper = settings.root_helper
     cinder_utils.get_root_helper = lambda: root_helper
+    _remember_generated_secrets()
     _install_db_shim()
     if coordination.COORDINATOR.started:
         coordination.COORDINATOR.stop()
@@ -452,6 +478,21 @@ def _refuser(name: str) -> Callable[..., Any]:
     return refuse
 
 
+def _remember_generated_secrets() -> None:
+    """Mask CHAP credentials from the moment a target driver generates them."""
+    generate = volume_utils.generate_password
+    if getattr(generate, "remembers_secrets", False):
+        return
+
+    def generate_password(*args: Any, **kwargs: Any) -> str:
+        value = generate(*args, **kwargs)
+        secrets.remember(value)  # generate_username calls this too: masked as well
+        return value
+
+    generate_password.remembers_secrets = True  # type: ignore[attr-defined]
+    volume_utils.generate_password = generate_password
+
+
 def _install_db_shim() -> None:
     for name, value in list(vars(db_api).items()):
         if name.startswith("_") or not inspect.isfunction(value) or name in _DB_PURE:
@@ -497,6 +538,37 @@ def _shared_opt(name: str) -> Any:
     return info["opt"] if info else None
 
 
+# Options a driver reads with getattr() although Cinder does not register them.
+# OSSN-0085 took rbd_keyring_conf out of cinder.conf because Cinder's users can read
+# connection info; here only the node plugin reads it, and it needs the keyring to
+# attach without a keyring file on every node (cinderlib offered the same option).
+# Option name -> (driver class that reads it, option, whether it names a secret file).
+_UNREGISTERED_OPTS: dict[str, tuple[str, Any, bool]] = {
+    "rbd_keyring_conf": (
+        "cinder.volume.drivers.rbd.RBDDriver",
+        cfg.StrOpt("rbd_keyring_conf", help="keyring file of rbd_user, sent in connection info"),
+        True,
+    ),
+}
+
+
+def _unregistered_opt(driver_class: type, name: str) -> Any:
+    """The option object of an unregistered option ``driver_class`` reads, or None."""
+    found = _UNREGISTERED_OPTS.get(name)
+    if found is None:
+        return None
+    reader = found[0]
+    if any(f"{c.__module__}.{c.__qualname__}" == reader for c in driver_class.__mro__):
+        return found[1]
+    return None
+
+
+def _remember_secret_file(path: Any) -> None:
+    """Mask a secret file's content (a keyring) wherever it would be logged."""
+    with contextlib.suppress(OSError, TypeError, ValueError), open(path, encoding="utf-8") as f:
+        secrets.remember(f.read())
+
+
 def _group_has(group: str, name: str) -> bool:
     found = CONF._groups.get(group)
     return found is not None and name in found._opts
@@ -519,6 +591,7 @@ class DriverHost:
             raise BackendSetupError(
                 name, f"cannot import volume_driver {volume_driver!r}: {describe(exc)}"
             ) from exc
+        self._driver_class: type = driver_class
         settings = runtime.settings()
         CONF.register_group(cfg.OptGroup(name))  # a no-op when it exists
         self.configuration = _BackendConfiguration([], name)
@@ -551,7 +624,7 @@ class DriverHost:
         pending: dict[str, Any] = {}
         for key, value in options.items():
             if not _group_has(self.name, key):
-                opt = _shared_opt(key)
+                opt = _shared_opt(key) or _unregistered_opt(self._driver_class, key)
                 if opt is None:
                     if early:
                         pending[key] = value
@@ -565,7 +638,10 @@ class DriverHost:
             opt = CONF._groups[self.name]._opts[key]["opt"]
             if opt.secret or secrets.is_secret_name(key):
                 self._secret_options.add(key)
-                secrets.remember(value if isinstance(value, str) else str(value))
+                if not isinstance(value, bool):  # "True" is no secret to mask everywhere
+                    secrets.remember(value if isinstance(value, str) else str(value))
+            if key in _UNREGISTERED_OPTS and _UNREGISTERED_OPTS[key][2]:
+                _remember_secret_file(value)
             try:
                 CONF.set_override(key, value, group=self.name)
             except ValueError as exc:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage import connector, secrets, validation
-from csi_driver.storage.exceptions import InvalidArgument, InvalidState, NotFound
+from csi_driver.storage.exceptions import AttachError, InvalidArgument, InvalidState, NotFound
 from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
 
@@ -168,7 +168,10 @@ class Connection(Resource):
         if self.attached:
             return self.path
         use_multipath = bool((self.connector or {}).get("multipath"))
-        device = connector.connect(self.connection_info, use_multipath=use_multipath)
+        try:
+            device = connector.connect(self.connection_info, use_multipath=use_multipath)
+        except AttachError as exc:
+            raise self._named(exc) from exc
         self._update(status=ATTACHED, device=device)
         self._save()
         LOG.info("attached volume %s at %s", self.volume_id, self.path)
@@ -179,9 +182,16 @@ class Connection(Resource):
         if not self.attached:
             return
         use_multipath = bool((self.connector or {}).get("multipath"))
-        connector.disconnect(
-            self.connection_info, self.device, use_multipath=use_multipath, force=force
-        )
+        try:
+            connector.disconnect(
+                self.connection_info, self.device, use_multipath=use_multipath, force=force
+            )
+        except AttachError as exc:
+            raise self._named(exc) from exc
         self._update(status=CONNECTED, device=None)
         self._save()
         LOG.info("detached volume %s", self.volume_id)
+
+    def _named(self, exc: AttachError) -> AttachError:
+        """os-brick knows no backend; name it and the volume for the administrator."""
+        return AttachError(f"backend {self.backend_name!r}: volume {self.volume_id}: {exc}")

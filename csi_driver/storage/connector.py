@@ -8,6 +8,7 @@ started with the configured root helper.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shlex
@@ -113,7 +114,9 @@ def connect(connection_info: dict[str, Any], use_multipath: bool = False) -> dic
     brick = _brick(connection_info, use_multipath)
     protocol = connection_info["driver_volume_type"]
     try:
-        device = brick.connect_volume(connection_info.get("data", {}))
+        # A copy: os-brick rewrites what it is given (NVMe-oF converts the old
+        # property format in place), and the caller's dict is the stored record.
+        device = brick.connect_volume(copy.deepcopy(connection_info.get("data", {})))
     except Exception as exc:
         raise AttachError(f"{protocol} attach failed: {mask_text(str(exc))}") from exc
     if not isinstance(device, dict) or not device.get("path"):
@@ -132,6 +135,8 @@ def disconnect(
     brick = _brick(connection_info, use_multipath)
     protocol = connection_info["driver_volume_type"]
     try:
-        brick.disconnect_volume(connection_info.get("data", {}), device, force=force)
+        brick.disconnect_volume(
+            copy.deepcopy(connection_info.get("data", {})), copy.deepcopy(device), force=force
+        )
     except Exception as exc:
         raise AttachError(f"{protocol} detach failed: {mask_text(str(exc))}") from exc

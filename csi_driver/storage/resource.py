@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from csi_driver.storage import runtime, secrets, serialization
-from csi_driver.storage.exceptions import InvalidArgument
+from csi_driver.storage.exceptions import InvalidArgument, InvalidState
 from csi_driver.storage.persistence.base import apply_changes
 
 if TYPE_CHECKING:
@@ -112,6 +113,19 @@ class Resource(serialization.Serializable):
     def _set_status(self, status: str) -> None:
         self._update(status=status)
         self._save()
+
+    def _run_delete(self, driver_delete: Callable[[], None]) -> None:
+        """Run a driver delete: a busy resource keeps its status, a failure is marked."""
+        previous = self.status
+        self._set_status("deleting")
+        try:
+            driver_delete()
+        except InvalidState:
+            self._set_status(previous)  # busy (e.g. a snapshot with clones): nothing changed
+            raise
+        except Exception:
+            self._set_status("error_deleting")
+            raise
 
     def is_loaded(self, relation: str) -> bool:
         """Whether a lazy relation has been loaded (``json`` includes only those)."""

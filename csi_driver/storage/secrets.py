@@ -41,9 +41,14 @@ _SECRET_NAME_PARTS = (
     "chap",
 )
 # Names that contain a secret-looking part but hold no secret.
-_NOT_SECRET_NAMES = frozenset({"secret_uuid", "rbd_secret_uuid", "secret_type", "chap_enabled"})
+_NOT_SECRET_NAMES = frozenset(
+    {"secret_uuid", "rbd_secret_uuid", "secret_type", "chap_enabled", "use_chap_auth"}
+)
 
 _CHAP_RE = re.compile(r"(CHAP\s+\S+\s+)\S+")
+# A Ceph keyring's secret line; drivers log keyrings inside dict reprs, where the
+# newlines are escaped and the whole keyring no longer matches, so the key is masked too.
+_KEYRING_KEY_RE = re.compile(r"^\s*key\s*=\s*(\S+)\s*$", re.MULTILINE)
 _MAX_LITERALS = 4096
 _MIN_LITERAL_LEN = 4
 
@@ -97,6 +102,8 @@ def remember(value: Any) -> None:
         match = _CHAP_RE.match(value)
         if match:
             _literals.add(value[match.end(1) :])
+        for key in _KEYRING_KEY_RE.findall(value):
+            _literals.add(key)
 
 
 def remember_secrets_in(data: Any) -> None:

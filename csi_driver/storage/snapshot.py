@@ -100,12 +100,7 @@ class Snapshot(Resource):
     def delete(self) -> None:
         """Delete the snapshot. Volumes created from it are independent and stay."""
         volume = self.volume
-        self._set_status("deleting")
-        try:
-            self.backend._host.delete_snapshot(self._data, volume._data)
-        except Exception:
-            self._set_status("error_deleting")
-            raise
+        self._run_delete(lambda: self.backend._host.delete_snapshot(self._data, volume._data))
         self._store().delete_snapshot(self.id)
         self._update(status="deleted")
         volume._snapshot_deleted(self)

@@ -175,12 +175,7 @@ class Volume(Resource):
             raise InvalidState(
                 f"volume {self.id} has {len(connections)} connection(s); disconnect them first"
             )
-        self._set_status("deleting")
-        try:
-            self.backend._host.delete_volume(self._data)
-        except Exception:
-            self._set_status("error_deleting")
-            raise
+        self._run_delete(lambda: self.backend._host.delete_volume(self._data))
         store.delete_volume(self.id)
         self._update(status="deleted")
         self.backend._forget(self)

@@ -7,10 +7,9 @@ test can watch how the library reacts to it. Nothing else in the tests is faked.
 How the tests load these classes
 --------------------------------
 ``tests`` is not a package and pytest runs with ``--import-mode=importlib``, which
-does not put test directories on ``sys.path``. The test modules (through the
-``conftest.py`` of ``tests/storage/lifecycle`` and ``tests/storage/adapter``, and
-``tests/storage/test_secrets.py`` itself) therefore *append* this directory,
-``tests/storage``, to ``sys.path``; a backend then names a class here with the
+does not put test directories on ``sys.path``. ``tests/storage/conftest.py``
+therefore *appends* this directory, ``tests/storage``, to ``sys.path``; a backend
+then names a class here with the
 plain dotted path the library hands to ``oslo_utils.importutils.import_class``::
 
     storage.Backend(volume_backend_name='x',
@@ -204,3 +203,26 @@ class ChapSecretInjectingFileDriver(FileDriver):
         method, user, secret = volume.provider_auth.split()
         info["data"].update(auth_method=method, auth_username=user, auth_password=secret)
         return info
+
+
+class BusyOnDeleteFileDriver(FaultInjectingFileDriver):
+    """FileDriver that answers deletes with Cinder's "is busy" while a flag file says so.
+
+    Arrays refuse to delete a volume or snapshot that something still uses (RBD
+    when a clone cannot be flattened); Cinder then keeps the resource as it was.
+    The flag is a file named ``busy`` in ``fault_inject_flag_dir``.
+    """
+
+    def _busy(self) -> bool:
+        flag_dir = self.configuration.safe_get("fault_inject_flag_dir")
+        return bool(flag_dir) and os.path.exists(os.path.join(flag_dir, "busy"))
+
+    def delete_volume(self, volume: Any) -> None:
+        if self._busy():
+            raise exception.VolumeIsBusy(volume_name=volume.name)
+        super().delete_volume(volume)
+
+    def delete_snapshot(self, snapshot: Any) -> None:
+        if self._busy():
+            raise exception.SnapshotIsBusy(snapshot_name=snapshot.name)
+        super().delete_snapshot(snapshot)

@@ -14,6 +14,7 @@ deliberate fake (tests/storage/fault_injection.py); tests/storage is put on
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,3 +178,16 @@ def test_chap_secret_of_connection_info_is_masked_in_logs_and_to_dict(
     assert shown["connection_info"]["data"]["auth_password"] == "***"
     assert secret not in str(shown)
     conn.disconnect()
+
+
+def test_key_of_a_remembered_ceph_keyring_is_masked_in_escaped_shapes() -> None:
+    from csi_driver.storage import secrets
+
+    key = "AQBz9Xtest+Keyring/Value0123456789abcdefgh=="
+    keyring = f'[client.cinder]\n\tkey = {key}\n\tcaps mon = "profile rbd"\n'
+    secrets.remember(keyring)
+    assert key not in secrets.mask_text(f"keyring: {keyring}")
+    for escaped in (repr({"keyring": keyring}), json.dumps({"keyring": keyring})):
+        masked = secrets.mask_text(f"connection data: {escaped}")
+        assert key not in masked
+        assert "[client.cinder]" in masked  # the escaped keyring is shown, its key is not

@@ -267,3 +267,31 @@ def test_failing_extend_keeps_size_and_status(
     (record,) = stored("volume", volume_id=vol.id)
     assert (record["size"], record["status"]) == (1, "in-use")
     assert os.path.getsize(tmp_path / "faulty-vols" / f"volume-{vol.id}") == 1024**3
+
+
+def test_busy_deletes_keep_status_and_records(make_backend: MakeBackend, tmp_path: Path) -> None:
+    """A driver's "is busy" leaves volume and snapshot as they were (not error_deleting)."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    backend = make_backend(
+        "busy",
+        "fault_injection.BusyOnDeleteFileDriver",
+        fault_inject_flag_dir=str(flags),
+        file_volumes_dir=str(tmp_path / "busy-vols"),
+    )
+    volume = backend.create_volume(1)
+    snapshot = volume.create_snapshot()
+    (flags / "busy").touch()
+    with pytest.raises(storage.InvalidState, match="busy"):
+        snapshot.delete()
+    assert snapshot.status == "available"
+    assert runtime.store().get_snapshots(snapshot_id=snapshot.id)[0]["status"] == "available"
+    (flags / "busy").unlink()
+    snapshot.delete()
+    (flags / "busy").touch()
+    with pytest.raises(storage.InvalidState, match="busy"):
+        volume.delete()
+    assert runtime.store().get_volumes(volume_id=volume.id)[0]["status"] == "available"
+    (flags / "busy").unlink()
+    volume.delete()
+    assert runtime.store().get_volumes(backend="busy") == []
