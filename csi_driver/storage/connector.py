@@ -109,6 +109,25 @@ def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
         raise NotSupported(f"os-brick has no connector for protocol {protocol!r}: {exc}") from exc
 
 
+def describe_target(data: dict[str, Any]) -> str:
+    """Where os-brick was sent (portals and target name), for errors an admin can act on:
+    os-brick's own messages often name neither ("Volume device not found at .")."""
+    portals: list[str] = []
+    if data.get("portals"):  # NVMe-oF, current format: [(address, port, transport)]
+        portals = [f"{p[0]}:{p[1]}" for p in data["portals"] if len(p) > 1]
+    elif data.get("target_portals"):  # iSCSI multipath
+        portals = [str(p) for p in data["target_portals"]]
+    elif data.get("target_portal"):  # iSCSI "address:port"; NVMe-oF's older format
+        port = data.get("target_port")
+        portals = [f"{data['target_portal']}:{port}" if port else str(data["target_portal"])]
+    elif data.get("hosts"):  # RBD monitors
+        portals = [f"{h}:{p}" for h, p in zip(data["hosts"], data.get("ports") or (), strict=False)]
+    name = next((data[k] for k in ("target_iqn", "target_nqn", "nqn", "name", "device_path")
+                 if data.get(k)), None)  # fmt: skip
+    text = " ".join(filter(None, (", ".join(portals), f"({name})" if name else "")))
+    return mask_text(text or "an unnamed target")
+
+
 def connect(connection_info: dict[str, Any], use_multipath: bool = False) -> dict[str, Any]:
     """Attach with os-brick; returns what ``connect_volume`` returned (has 'path')."""
     brick = _brick(connection_info, use_multipath)
@@ -118,7 +137,8 @@ def connect(connection_info: dict[str, Any], use_multipath: bool = False) -> dic
         # property format in place), and the caller's dict is the stored record.
         device = brick.connect_volume(copy.deepcopy(connection_info.get("data", {})))
     except Exception as exc:
-        raise AttachError(f"{protocol} attach failed: {mask_text(str(exc))}") from exc
+        target = describe_target(connection_info.get("data") or {})
+        raise AttachError(f"{protocol} attach to {target} failed: {mask_text(str(exc))}") from exc
     if not isinstance(device, dict) or not device.get("path"):
         raise AttachError(f"{protocol} attach returned no device path")
     # Keep only what detach needs and JSON can hold (some connectors add objects).

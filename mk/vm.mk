@@ -1,0 +1,64 @@
+# VM test suite (issue #4): Cinder's LVM driver with LIO iSCSI and NVMe/TCP targets,
+# attached by os-brick, inside a qemu guest running Debian's kernel (this machine's own
+# kernel has no device-mapper, LIO, iscsi_tcp or nvme-tcp). See e2e/vm/run.py.
+#
+#   make test-vm                          # tests/vm in the guest; prints the wall time
+#   make test-vm VM_ARGS='tests/vm/test_errors.py -x'
+
+# Host side: qemu and the kernel the guest boots. Guest side (the same root filesystem,
+# shared read-only): LVM with thin pools, LIO (targetcli for debugging), the iSCSI and
+# NVMe initiators, udev, the system bus, sudo for the privsep-helper test.
+VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 kmod iproute2 lvm2 thin-provisioning-tools \
+	targetcli-fb open-iscsi nvme-cli busybox-static udev dbus sudo
+# virtme-ng boots the kernel; rtslib-fb is what cinder-rtstool (lioadm) drives LIO with.
+VM_PIP_PACKAGES := virtme-ng==1.42 argcomplete==3.7.2 rtslib-fb==2.2.4
+
+# Cinder's nvmet target imports the `nvmet` module of nvmetcli, which is neither on PyPI
+# nor in bookworm: Debian sid's arch-all, pure-Python package, pinned by its SHA256 (the
+# one in sid's signed Packages index). Only its `nvmet` package is put on the venv's path;
+# it imports nothing but the standard library (configshell is for the nvmetcli CLI).
+NVMETCLI_VERSION := 0.9-1
+NVMETCLI_DEB     := nvmetcli_$(NVMETCLI_VERSION)_all.deb
+NVMETCLI_URL     := http://deb.debian.org/debian/pool/main/n/nvmetcli/$(NVMETCLI_DEB)
+NVMETCLI_SHA256  := 19d96b2e631f5e55c3be2d3cc8541feee0a0b297ae95ac60aa68b0bc23a54de6
+VM_CACHE         := $(HOME)/.cache/csi-driver
+NVMETCLI_ROOT    := $(VM_CACHE)/nvmetcli-$(NVMETCLI_VERSION)
+NVMET_PATH_DIR   := $(VM_CACHE)/nvmet-path
+VM_STAMP         := $(VENV)/.vm-deps
+
+VM_ARGS ?=
+
+.PHONY: vm-deps vm-system-deps test-vm
+
+vm-system-deps:
+	@missing=""; for p in $(VM_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+vm-deps: install vm-system-deps $(VM_STAMP)
+
+$(VM_STAMP): $(STAMP) mk/vm.mk
+	$(BIN)/pip install -q -c constraints.txt $(VM_PIP_PACKAGES)
+	@mkdir -p $(VM_CACHE)
+	@if ! echo "$(NVMETCLI_SHA256)  $(VM_CACHE)/$(NVMETCLI_DEB)" | sha256sum -c --status 2>/dev/null; then \
+	  echo "downloading $(NVMETCLI_URL)"; \
+	  $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+	    $(NVMETCLI_URL) $(VM_CACHE)/$(NVMETCLI_DEB).part && \
+	  echo "$(NVMETCLI_SHA256)  $(VM_CACHE)/$(NVMETCLI_DEB).part" | sha256sum -c --quiet && \
+	  mv $(VM_CACHE)/$(NVMETCLI_DEB).part $(VM_CACHE)/$(NVMETCLI_DEB); \
+	fi
+	rm -rf $(NVMETCLI_ROOT) $(NVMET_PATH_DIR)
+	dpkg-deb -x $(VM_CACHE)/$(NVMETCLI_DEB) $(NVMETCLI_ROOT)
+	mkdir -p $(NVMET_PATH_DIR)
+	ln -s $(NVMETCLI_ROOT)/usr/lib/python3/dist-packages/nvmet $(NVMET_PATH_DIR)/nvmet
+	echo $(NVMET_PATH_DIR) > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/csi-driver-nvmet.pth"
+	$(BIN)/python -c 'import nvmet, rtslib_fb, virtme_ng'
+	touch $@
+
+# The runner prints its own wall time and a summary; this line adds the dependencies' share.
+test-vm: vm-deps
+	@start=$$(date +%s); status=0; $(BIN)/python e2e/vm/run.py $(VM_ARGS) || status=$$?; \
+	echo "make test-vm took $$(( $$(date +%s) - start ))s"; exit $$status
