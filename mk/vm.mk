@@ -1,6 +1,7 @@
-# VM test suite (issue #4): Cinder's LVM driver with LIO iSCSI and NVMe/TCP targets,
-# attached by os-brick, inside a qemu guest running Debian's kernel (this machine's own
-# kernel has no device-mapper, LIO, iscsi_tcp or nvme-tcp). See e2e/vm/run.py.
+# VM test suite (issue #4): Cinder's LVM driver with LIO iSCSI and NVMe/TCP targets, and
+# Cinder's RBD driver on a Ceph test cluster mapped with krbd, attached by os-brick, inside
+# a qemu guest running Debian's kernel (this machine's own kernel has no device-mapper,
+# LIO, iscsi_tcp, nvme-tcp or rbd). See e2e/vm/run.py.
 #
 #   make test-vm                          # tests/vm in the guest; prints the wall time
 #   make test-vm VM_ARGS='tests/vm/test_errors.py -x'
@@ -38,7 +39,9 @@ vm-system-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-vm-deps: install vm-system-deps $(VM_STAMP)
+# The krbd test starts the Ceph test cluster in the guest and os-brick runs `rbd map`
+# there (ceph-common, with its udev rule for /dev/rbd/POOL/IMAGE): mk/ceph.mk's packages.
+vm-deps: install vm-system-deps ceph-deps $(VM_STAMP)
 
 $(VM_STAMP): $(STAMP) mk/vm.mk
 	$(BIN)/pip install -q -c constraints.txt $(VM_PIP_PACKAGES)

@@ -99,11 +99,15 @@ def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
 
     protocol = connection_info["driver_volume_type"]
     try:
+        # A node always needs a local block device: os-brick's RBD connector maps the
+        # image with krbd (/dev/rbdN) only when asked to (do_local_attach), else it
+        # returns a librbd file-like handle. The other connectors ignore the argument.
         return brick_connector.InitiatorConnector.factory(
             protocol,
             runtime.settings().root_helper,
             use_multipath=use_multipath,
             device_scan_attempts=3,
+            do_local_attach=True,
         )
     except ValueError as exc:
         raise NotSupported(f"os-brick has no connector for protocol {protocol!r}: {exc}") from exc

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs inside the virtme-ng guest as its --exec command: prepares the kernel storage stack
-# the host cannot offer (device-mapper, LIO, iSCSI and NVMe/TCP initiators), then runs
-# pytest and leaves its JUnit XML in the results directory shared with the host.
+# the host cannot offer (device-mapper, LIO, iSCSI and NVMe/TCP initiators, krbd), then
+# runs pytest and leaves its JUnit XML in the results directory shared with the host (the
+# krbd test starts its Ceph test cluster itself, on the guest's loopback).
 #
 # usage: guest.sh RESULTS_DIR REPO_DIR [pytest arguments...]
 #

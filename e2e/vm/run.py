@@ -1,7 +1,7 @@
 """Run part of the pytest suite inside a throw-away VM with Debian's kernel.
 
-This machine's kernel has no device-mapper, LIO, iSCSI or NVMe/TCP; Debian's kernel
-under qemu software emulation has them all. virtme-ng boots it with the host's root
+This machine's kernel has no device-mapper, LIO, iSCSI, NVMe/TCP or krbd; Debian's
+kernel under qemu software emulation has them all. virtme-ng boots it with the host's root
 shared read-only, ``e2e/vm/guest.sh`` prepares the storage stack and runs pytest, and
 the JUnit XML, guest log and dmesg come back in the results directory.
 
@@ -175,7 +175,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=DEFAULT_RESULTS,
         help="directory for junit.xml, guest.log, dmesg.log (emptied first)",
     )
-    parser.add_argument("--timeout", type=int, default=600, help="whole run, seconds")
+    # The whole of tests/vm takes ~430 s here (~110 s of it the krbd test with its cluster).
+    parser.add_argument("--timeout", type=int, default=900, help="whole run, seconds")
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--kernel", type=Path, help="default: newest /boot/vmlinuz-*")

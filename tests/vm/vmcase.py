@@ -6,13 +6,16 @@ Importable as ``vmcase`` (``tests/vm`` is put on ``sys.path`` by its conftest).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 VM_TESTS_DIR = Path(__file__).resolve().parent
@@ -26,6 +29,48 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "nvmeof": {"target_helper": "nvmet", "target_protocol": "nvmet_tcp", "target_port": 4420,
                "nvmet_port_id": 1},
 }  # fmt: skip
+
+
+# The Ceph test cluster the krbd test starts in the guest (e2e/ceph/cluster.py).
+CEPH_HARNESS = VM_TESTS_DIR.parents[1] / "e2e" / "ceph" / "cluster.py"
+CEPH_DIR = "/run/csi-vm/ceph"  # tmpfs: the guest's root is read-only
+CEPH_POOL, CEPH_USER = "volumes", "cinder"
+# Under software emulation the cluster starts in ~30 s and its pool in ~12 s (host: 10-16 s
+# in all); each wait of the harness (monitor, OSD up, HEALTH_OK, pool init) gets 5x that.
+CEPH_WAIT_TIMEOUT = 150.0
+
+
+def load_ceph_harness() -> ModuleType:
+    """``e2e/ceph/cluster.py``, loaded by path (a harness that is also a script)."""
+    name = "ceph_test_cluster"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, CEPH_HARNESS)
+    assert spec is not None and spec.loader is not None, CEPH_HARNESS
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def rbd_options(name: str, cluster: Any, **options: Any) -> dict[str, Any]:
+    """Backend options for Cinder's RBD driver on the guest's Ceph test cluster.
+
+    ``rbd_keyring_conf`` puts the user's keyring into connection info, so os-brick on
+    the node maps the image without a keyring file of its own.
+    """
+    return {
+        "volume_backend_name": name,
+        "volume_driver": "cinder.volume.drivers.rbd.RBDDriver",
+        "rbd_pool": CEPH_POOL,
+        "rbd_user": CEPH_USER,
+        "rbd_ceph_conf": str(cluster.conf),
+        "rbd_keyring_conf": str(cluster.keyring_path(CEPH_USER)),
+        "rbd_secret_uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"csi-vm/{name}")),
+        "rados_connect_timeout": 30,
+        "rados_connection_retries": 1,
+        **options,
+    }
 
 
 def lvm_options(name: str, **options: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""What the VM tests look at on the guest itself: devices, filesystems, LVs, targets.
+"""What the VM tests look at on the guest itself: devices, filesystems, LVs, targets,
+krbd mappings.
 
 Importable as ``vmdisk`` by the tests and by ``node_agent.py`` (which runs as a script
 from this directory). Every check reads the kernel or the real tools, never the library,
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import stat
@@ -163,3 +165,27 @@ def privsep_daemons() -> list[dict[str, object]]:
             context = command[command.index("--privsep_context") + 1]
             found.append({"context": context, "uid": int(status["Uid"].split()[1])})
     return found
+
+
+def rbd_showmapped() -> list[dict[str, str]]:
+    """``rbd showmapped``: the images krbd has mapped (pool, name, snap, device)."""
+    return json.loads(run("rbd", "showmapped", "--format=json").stdout or "[]")
+
+
+def rbd_sysfs_devices() -> dict[str, dict[str, str]]:
+    """The kernel's own account of krbd mappings: ``/sys/bus/rbd/devices/<id>/``."""
+    devices = {}
+    for dev in Path("/sys/bus/rbd/devices").glob("*"):
+        devices[dev.name] = {
+            attr: (dev / attr).read_text().strip()
+            for attr in ("pool", "name", "current_snap", "size")
+        }
+    return devices
+
+
+def rbd_device_for(image: str) -> str | None:
+    """``/dev/rbdN`` the kernel has ``image`` mapped on (sysfs), or None."""
+    for dev_id, attrs in rbd_sysfs_devices().items():
+        if attrs["name"] == image:
+            return f"/dev/rbd{dev_id}"
+    return None
