@@ -4,6 +4,8 @@
 # PyPI has no usable rados/rbd package, and Debian's dist-packages would drag every other
 # Debian Python module into the venv: the venv gets a directory holding only symlinks to
 # the two extension modules (built for Debian's CPython 3.11), put on its path by a .pth.
+# os-brick imports them (and so loads librados, ~17 MiB) in every process that can: a
+# process that needs no RBD can opt out with CSI_DRIVER_CEPH_BINDINGS=0.
 CEPH_APT_PACKAGES := ceph-mon ceph-osd ceph-mgr ceph-common python3-rados python3-rbd
 CEPH_BINDINGS_DIR := $(abspath $(VENV))/ceph-bindings
 CEPH_BINDINGS_PTH := csi-driver-ceph-bindings.pth
@@ -27,7 +29,8 @@ ceph-deps: $(STAMP)
 	  ln -sfn $$so $(CEPH_BINDINGS_DIR)/; \
 	done
 	@purelib=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') && \
-	echo "$(CEPH_BINDINGS_DIR)" > "$$purelib/$(CEPH_BINDINGS_PTH)"
+	echo "import os, sys; d = '$(CEPH_BINDINGS_DIR)'; os.environ.get('CSI_DRIVER_CEPH_BINDINGS', '1') == '0' or d in sys.path or sys.path.append(d)" \
+	  > "$$purelib/$(CEPH_BINDINGS_PTH)"
 	@$(BIN)/python -c 'import rados, rbd' || { \
 	  echo "ceph-deps: the venv cannot import Debian's rados/rbd modules ($$(ls $(CEPH_BINDINGS_DIR)));" \
 	       "they are built for Debian's CPython, the venv runs $$($(BIN)/python -V)" >&2; exit 1; }
