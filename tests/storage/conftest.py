@@ -6,6 +6,8 @@ fakes of ``tests/storage/fault_injection.py`` as ``fault_injection.<Class>`` (se
 
 from __future__ import annotations
 
+import io
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,3 +51,32 @@ def make_backend(tmp_path: Path) -> Iterator[Callable[..., storage.Backend]]:
         leftover = storage.Backend.backends.get(name)
         if leftover is not None:
             leftover.close()
+
+
+class Captured:
+    """What a real handler with a Formatter wrote, and what pytest's caplog holds."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture, stream: io.StringIO) -> None:
+        self.caplog = caplog
+        self.stream = stream
+
+    def texts(self) -> list[str]:
+        return [self.stream.getvalue(), self.caplog.text, *self.caplog.messages]
+
+
+@pytest.fixture
+def captured(caplog: pytest.LogCaptureFixture) -> Iterator[Captured]:
+    """Every logger at DEBUG, into caplog and into a StringIO through a Formatter."""
+    caplog.set_level(logging.DEBUG)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level > logging.DEBUG:
+            caplog.set_level(logging.DEBUG, logger=name)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield Captured(caplog, stream)
+    finally:
+        logging.getLogger().removeHandler(handler)

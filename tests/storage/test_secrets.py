@@ -13,10 +13,9 @@ deliberate fake (tests/storage/fault_injection.py); tests/storage is put on
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,37 +38,8 @@ def setup_library(tmp_path: Path, **options: Any) -> None:
     )
 
 
-class Captured:
-    """What a real handler with a Formatter wrote, and what pytest's caplog holds."""
-
-    def __init__(self, caplog: pytest.LogCaptureFixture, stream: io.StringIO) -> None:
-        self.caplog = caplog
-        self.stream = stream
-
-    def texts(self) -> list[str]:
-        return [self.stream.getvalue(), self.caplog.text, *self.caplog.messages]
-
-
-@pytest.fixture
-def captured(caplog: pytest.LogCaptureFixture) -> Iterator[Captured]:
-    """Every logger at DEBUG, into caplog and into a StringIO through a Formatter."""
-    caplog.set_level(logging.DEBUG)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and logger.level > logging.DEBUG:
-            caplog.set_level(logging.DEBUG, logger=name)
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    try:
-        yield Captured(caplog, stream)
-    finally:
-        logging.getLogger().removeHandler(handler)
-
-
 def test_secret_backend_option_never_reaches_a_log_line(
-    tmp_path: Path, make_backend: Callable[..., storage.Backend], captured: Captured
+    tmp_path: Path, make_backend: Callable[..., storage.Backend], captured: Any
 ) -> None:
     setup_library(tmp_path)
     flags = tmp_path / "flags"
@@ -150,7 +120,7 @@ def test_secret_backend_option_is_in_dump_with_output_all_backend_info(
 
 
 def test_chap_secret_of_connection_info_is_masked_in_logs_and_to_dict(
-    tmp_path: Path, make_backend: Callable[..., storage.Backend], captured: Captured
+    tmp_path: Path, make_backend: Callable[..., storage.Backend], captured: Any
 ) -> None:
     setup_library(tmp_path)
     backend = make_backend("chap", CHAP_DRIVER, file_volumes_dir=str(tmp_path / "chap"))

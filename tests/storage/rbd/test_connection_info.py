@@ -8,11 +8,11 @@ RBD backends, as cinderlib did, because the node plugin needs the keyring to att
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rbd_support import POOL, RbdSite
@@ -21,24 +21,6 @@ from samples import NODE_A
 from csi_driver import storage
 
 MakeBackend = Callable[..., storage.Backend]
-
-
-@pytest.fixture
-def log_texts(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[str]]]:
-    """Every logger at DEBUG; returns what caplog and a formatting handler wrote."""
-    caplog.set_level(logging.DEBUG)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and logger.level > logging.DEBUG:
-            caplog.set_level(logging.DEBUG, logger=name)
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    try:
-        yield lambda: [stream.getvalue(), caplog.text, *caplog.messages]
-    finally:
-        logging.getLogger().removeHandler(handler)
 
 
 def test_connection_info_has_no_key_without_rbd_keyring_conf(
@@ -56,7 +38,7 @@ def test_rbd_keyring_conf_puts_the_keyring_in_connection_info_and_never_in_logs(
     memory_store: None,
     make_backend: MakeBackend,
     rbd_site: RbdSite,
-    log_texts: Callable[[], list[str]],
+    captured: Any,
 ) -> None:
     key = rbd_site.keys["cinder"]
     keyring_file = rbd_site.cluster.keyring_path("cinder")
@@ -69,21 +51,21 @@ def test_rbd_keyring_conf_puts_the_keyring_in_connection_info_and_never_in_logs(
     assert key in data["keyring"]
     assert data["name"] == f"{POOL}/volume-{vol.id}"
     # The driver logged the connection data (dict repr, newlines escaped), masked.
-    logged = [m for m in log_texts()[2:] if "connection data" in m]
+    logged = [m for m in captured.texts()[2:] if "connection data" in m]
     assert logged, "RBDDriver's 'connection data' debug line was not captured"
     assert all("***" in m for m in logged)
     # Other shapes the keyring may be logged in: JSON and repr escape its newlines.
     log = logging.getLogger("csi-test.rbd")
     log.debug("connection as the node receives it: %s", conn.jsons)
     log.info("keyring: %r", data["keyring"])
-    for text in log_texts():
+    for text in captured.texts():
         assert key not in text
     assert key not in json.dumps(conn.to_dict())
     assert key not in json.dumps(backend.config)
     assert key not in repr(conn)
     conn.disconnect()
     vol.delete()
-    for text in log_texts():
+    for text in captured.texts():
         assert key not in text
 
 
