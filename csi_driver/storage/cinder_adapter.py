@@ -908,8 +908,3 @@ class DriverHost:
         data.setdefault("encrypted", False)
         info["data"] = data
         return info
-
-
-def functions_served() -> frozenset[str]:
-    """Names of the ``cinder.db.api`` functions answered from the metadata store."""
-    return frozenset(_DB_SERVED)

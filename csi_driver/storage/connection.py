@@ -85,6 +85,11 @@ class Connection(Resource):
         return (self.device or {}).get("path")
 
     @property
+    def _multipath(self) -> bool:
+        """Whether the attaching host asked for multipath in its connector properties."""
+        return bool((self.connector or {}).get("multipath"))
+
+    @property
     def attached(self) -> bool:
         return self.device is not None
 
@@ -167,9 +172,8 @@ class Connection(Resource):
         """Attach the volume on this host with os-brick; returns the device path."""
         if self.attached:
             return self.path
-        use_multipath = bool((self.connector or {}).get("multipath"))
         try:
-            device = connector.connect(self.connection_info, use_multipath=use_multipath)
+            device = connector.connect(self.connection_info, use_multipath=self._multipath)
         except AttachError as exc:
             raise self._named(exc) from exc
         self._update(status=ATTACHED, device=device)
@@ -181,10 +185,9 @@ class Connection(Resource):
         """Detach the device from this host (the export stays until ``disconnect``)."""
         if not self.attached:
             return
-        use_multipath = bool((self.connector or {}).get("multipath"))
         try:
             connector.disconnect(
-                self.connection_info, self.device, use_multipath=use_multipath, force=force
+                self.connection_info, self.device, use_multipath=self._multipath, force=force
             )
         except AttachError as exc:
             raise self._named(exc) from exc

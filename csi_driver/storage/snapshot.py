@@ -123,12 +123,7 @@ class Snapshot(Resource):
                 f"a volume from snapshot {self.id} needs at least {self.volume_size} GiB"
             )
         source = self.volume
-        if not {"volume_type", "extra_specs", "qos_specs"} & set(extra):
-            extra["volume_type"] = source.volume_type
-        extra.setdefault("pool", source.pool)
-        record = Volume._new_record(
-            self.backend, size, name, description, extra, source_snapshot_id=self.id
-        )
+        record = source._derived_record(size, name, description, extra, source_snapshot_id=self.id)
         return Volume._create(
             self.backend, record, "create_volume_from_snapshot", self._data, source._data
         )

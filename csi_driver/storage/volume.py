@@ -162,6 +162,16 @@ class Volume(Resource):
         LOG.info("created volume %s (%s GiB) on backend %s", volume.id, volume.size, backend.name)
         return volume
 
+    def _derived_record(
+        self, size: int, name: Any, description: Any, extra: dict[str, Any], **sources: str
+    ) -> Record:
+        """The record of a volume made from this one's data (a clone, or from one of its
+        snapshots): same volume type and pool unless the caller gives others."""
+        if not {"volume_type", "extra_specs", "qos_specs"} & set(extra):
+            extra["volume_type"] = self.volume_type
+        extra.setdefault("pool", self.pool)
+        return Volume._new_record(self.backend, size, name, description, extra, **sources)
+
     # -- operations ------------------------------------------------------------------
     def delete(self) -> None:
         """Delete the volume; refused while it has snapshots or connections."""
@@ -210,12 +220,7 @@ class Volume(Resource):
         validation.check_size(size)
         if size < self.size:
             raise InvalidArgument(f"a clone cannot be smaller than its source ({self.size} GiB)")
-        if not {"volume_type", "extra_specs", "qos_specs"} & set(extra):
-            extra["volume_type"] = self.volume_type
-        extra.setdefault("pool", self.pool)
-        record = Volume._new_record(
-            self.backend, size, name, description, extra, source_volume_id=self.id
-        )
+        record = self._derived_record(size, name, description, extra, source_volume_id=self.id)
         return Volume._create(self.backend, record, "create_cloned_volume", self._data)
 
     def create_snapshot(
