@@ -1,94 +1,89 @@
 """The ``csi-driver`` command: the only place that reads command-line arguments.
 
-``csi-driver demo`` drives the storage library on the embedded default (the
-FileDriver under a data directory, metadata in SQLite there) through a whole
-volume life cycle and prints each step, so a fresh checkout shows the library
-working end to end. The gRPC plugin itself (``--endpoint``/``--mode``) arrives
-with the CSI services.
+csi-driver --endpoint unix:///run/csi/csi.sock --mode all --config FILE
+csi-driver call --endpoint unix:///run/csi/csi.sock probe
+csi-driver demo --data-dir data
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
-BACKEND = "embedded"
-DRIVER = "csi_driver.storage.drivers.file.FileDriver"
+from csi_driver import client
 
 
-def _say(step: str, **details: object) -> None:
-    print(json.dumps({"step": step, **details}), flush=True)
-
-
-def demo(data_dir: str) -> int:
-    """Create, snapshot, clone, extend, attach, write, read back and delete a volume."""
-    from csi_driver import storage
-
-    data_dir = os.path.abspath(data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    store_path = os.path.join(data_dir, "metadata.sqlite")
-    storage.setup(
-        persistence_config={"storage": "sqlite", "path": store_path},
-        file_locks_path=os.path.join(data_dir, "locks"),
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csi-driver",
+        description="Kubernetes CSI plugin driving Cinder volume drivers directly. "
+        "Other commands: 'csi-driver call ...' (a tiny client), 'csi-driver demo'.",
     )
-    backend = storage.Backend(
-        volume_backend_name=BACKEND,
-        volume_driver=DRIVER,
-        file_volumes_dir=os.path.join(data_dir, "volumes"),
-    )
-    stats = backend.stats(refresh=True)
-    _say("backend ready", backend=backend.name, store=store_path,
-         free_capacity_gb=stats.get("free_capacity_gb"),
-         volumes_already_stored=len(backend.volumes))  # fmt: skip
-
-    volume = backend.create_volume(1, name="demo-volume")
-    _say("created volume", id=volume.id, size_gib=volume.size, status=volume.status)
-    path = volume.attach().path or ""
-    payload = b"written through an os-brick attach\n"
-    with open(path, "r+b") as device:
-        device.write(payload)
-    volume.detach()
-    _say("attached, wrote, detached", path=path, bytes=len(payload))
-
-    snapshot = volume.create_snapshot(name="demo-snapshot")
-    restored = snapshot.create_volume(size=2, name="demo-restored")
-    restored.extend(3)
-    clone = volume.clone(name="demo-clone")
-    _say("snapshot, restore (2 GiB, extended to 3) and clone", snapshot=snapshot.id,
-         restored=restored.id, restored_size_gib=restored.size, clone=clone.id)  # fmt: skip
-
-    with open(restored.attach().path or "", "rb") as device:
-        found = device.read(len(payload))
-    restored.detach()
-    _say("read back from the restored volume", same_bytes=found == payload)
-
-    document = backend.dumps
-    reloaded = storage.Backend.load(document)
-    _say("serialized the backend", json_bytes=len(document),
-         volumes_in_dump=len(reloaded.volumes))  # fmt: skip
-
-    for resource in (clone, restored, snapshot, volume):
-        resource.delete()
-    _say("deleted everything it created", volumes_left=len(backend.volumes))
-    backend.close()
-    return 0 if found == payload else 1
+    parser.add_argument("--endpoint", required=True, help="unix:///PATH or tcp://HOST:PORT")
+    parser.add_argument("--mode", choices=("controller", "node", "all"), default="all")
+    parser.add_argument("--config", required=True, help="the plugin's YAML configuration file")
+    parser.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="csi-driver", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
+def _tools_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csi-driver")
+    parser.add_argument("--log-level", default="WARNING", help="Python log level")
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="run a volume life cycle on the embedded default")
     run_demo.add_argument("--data-dir", default="data", help="where volumes and metadata live")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    client.add_parser(commands)
+    return parser
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _print_ready(endpoint: object) -> None:
+    print(f"CSI plugin listening on {endpoint}", flush=True)
+    print(f"try, in another terminal: .venv/bin/csi-driver call --endpoint {endpoint} probe",
+          flush=True)  # fmt: skip
+
+
+def serve(argv: Sequence[str]) -> int:
+    from csi_driver import config, server
+    from csi_driver.storage import StorageError
+
+    args = _serve_parser().parse_args(argv)
+    _logging(args.log_level)
+    try:
+        plugin_config = config.load(args.config)
+        endpoint = server.parse_endpoint(args.endpoint)
+        server.serve(plugin_config, endpoint, args.mode, on_ready=_print_ready)
+    except (config.ConfigError, server.EndpointError, StorageError) as exc:
+        print(f"csi-driver: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (
+        argv[0] not in ("demo", "call")
+        and not (
+            argv[0].startswith("--log-level") and len(argv) > 2 and argv[2] in ("demo", "call")
+        )
+    ):
+        return serve(argv)
+    args = _tools_parser().parse_args(argv)
+    _logging(args.log_level)
     if args.command == "demo":
+        from csi_driver.demo import demo
+
         return demo(args.data_dir)
-    return 2
+    return client.run(args)
 
 
 if __name__ == "__main__":

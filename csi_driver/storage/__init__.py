@@ -22,6 +22,7 @@ from typing import Any
 
 from csi_driver.storage import serialization
 from csi_driver.storage.backend import Backend
+from csi_driver.storage.catalog import find_snapshots, find_volumes, get_snapshot, get_volume
 from csi_driver.storage.connection import Connection
 from csi_driver.storage.exceptions import (
     AttachError,
@@ -42,8 +43,8 @@ from csi_driver.storage.volume import Volume
 __all__ = [
     "AttachError", "Backend", "BackendSetupError", "Connection", "DriverError",
     "InvalidArgument", "InvalidState", "NotFound", "NotSupported", "SerializationError",
-    "Snapshot", "StorageError", "StoreError", "Volume", "dump", "dumps", "json", "jsons",
-    "load", "setup",
+    "Snapshot", "StorageError", "StoreError", "Volume", "dump", "dumps", "find_snapshots",
+    "find_volumes", "get_snapshot", "get_volume", "json", "jsons", "load", "setup",
 ]  # fmt: skip
 
 

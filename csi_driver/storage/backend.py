@@ -6,7 +6,7 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from csi_driver.storage import runtime, secrets, serialization
-from csi_driver.storage.exceptions import InvalidArgument, NotFound
+from csi_driver.storage.exceptions import InvalidArgument, NotFound, NotSupported
 from csi_driver.storage.volume import Volume
 
 if TYPE_CHECKING:
@@ -201,6 +201,52 @@ class Backend(serialization.Serializable):
         if relation != "volumes":
             raise InvalidArgument(f"Backend has no lazy relation {relation!r}")
         return self._volumes is not None
+
+
+class AttachOnlyBackend:
+    """Stands for a backend that is not configured in this process, which only
+    attaches serialized connections (``setup(attach_only=True)``, a CSI node).
+
+    It has a name and no driver or credentials: ``Connection.attach``/``detach``
+    work (they need os-brick alone); anything needing the driver fails by name.
+    It is never registered in ``Backend.backends``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._volumes: list[Volume] | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"<AttachOnlyBackend {self.name!r}>"
+
+    @property
+    def _host(self) -> DriverHost:
+        raise NotSupported(
+            f"backend {self.name!r} is not configured in this attach-only process; "
+            "only attach and detach are possible here"
+        )
+
+    def _store(self) -> MetadataStore:
+        return runtime.store()
+
+    def _settings(self) -> runtime.Settings:
+        return runtime.settings()
+
+    def _full_config(self) -> dict[str, Any]:
+        return {"volume_backend_name": self.name}
+
+    def _load_everything(self) -> None:
+        """Nothing to load: this process has no driver and no shared store."""
+
+    def _remember(self, volume: Volume) -> None:
+        """Attach-only processes keep no volume lists."""
+
+    def _forget(self, volume: Volume) -> None:
+        """Attach-only processes keep no volume lists."""
+
+    def is_loaded(self, relation: str) -> bool:
+        return False
 
 
 def _group_by_volume(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

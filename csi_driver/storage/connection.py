@@ -195,6 +195,16 @@ class Connection(Resource):
         self._save()
         LOG.info("detached volume %s", self.volume_id)
 
+    def extend(self) -> int | None:
+        """After the volume grew, make this host's device show the new size (os-brick
+        rescan); returns the size in bytes, or None if the protocol has no rescan."""
+        if not self.attached:
+            raise InvalidState(f"connection {self.id} is not attached on this host")
+        try:
+            return connector.extend(self.connection_info, use_multipath=self._multipath)
+        except AttachError as exc:
+            raise self._named(exc) from exc
+
     def _named(self, exc: AttachError) -> AttachError:
         """os-brick knows no backend; name it and the volume for the administrator."""
         return AttachError(f"backend {self.backend_name!r}: volume {self.volume_id}: {exc}")

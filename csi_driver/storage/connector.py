@@ -164,3 +164,17 @@ def disconnect(
         )
     except Exception as exc:
         raise AttachError(f"{protocol} detach failed: {mask_text(str(exc))}") from exc
+
+
+def extend(connection_info: dict[str, Any], use_multipath: bool = False) -> int | None:
+    """Make an attached device show its volume's new size (os-brick rescans); returns
+    the new size in bytes, or None when the protocol has no rescan (e.g. 'local')."""
+    brick = _brick(connection_info, use_multipath)
+    protocol = connection_info["driver_volume_type"]
+    try:
+        size = brick.extend_volume(copy.deepcopy(connection_info.get("data", {})))
+    except NotImplementedError:
+        return None
+    except Exception as exc:
+        raise AttachError(f"{protocol} rescan after extend failed: {mask_text(str(exc))}") from exc
+    return int(size) if size else None

@@ -52,6 +52,10 @@ class Settings:
     #: Extra process-wide Cinder options (``[DEFAULT]`` group), e.g.
     #: ``{'volume_name_template': 'volume-%s'}``.
     cinder_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: This process only attaches serialized connections (a CSI node): a document
+    #: naming a backend that is not configured here loads against an attach-only
+    #: stand-in with no driver and no credentials, instead of being refused.
+    attach_only: bool = False
 
     def __post_init__(self) -> None:
         if self.privsep not in ("auto", "in-process", "helper"):

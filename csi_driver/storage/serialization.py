@@ -423,18 +423,28 @@ def _backend_entries(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _resolve_backends(
-    entries: dict[str, dict[str, Any]], tables: dict[str, dict[str, dict[str, Any]]]
+    entries: dict[str, dict[str, Any]],
+    tables: dict[str, dict[str, dict[str, Any]]],
+    used: dict[str, None] | None = None,
 ) -> dict[str, Backend]:
     """Configured backends for every name used; configure those the document carries."""
     from csi_driver.storage.backend import Backend
 
-    used = dict.fromkeys(entries)
-    for table in _TABLES:
-        for record in tables[table].values():
-            used.setdefault(record["backend"])
+    if used is None:
+        used = dict.fromkeys(entries)
+        for table in _TABLES:
+            for record in tables[table].values():
+                used.setdefault(record["backend"])
     missing = [
         n for n in used if n not in Backend.backends and "volume_driver" not in entries.get(n, {})
     ]
+    if missing and runtime.settings().attach_only:
+        from csi_driver.storage.backend import AttachOnlyBackend
+
+        stand_ins = {name: AttachOnlyBackend(name) for name in missing}
+        entries = {n: e for n, e in entries.items() if n not in stand_ins}
+        used = {n: None for n in used if n not in stand_ins}
+        return {**stand_ins, **_resolve_backends(entries, tables, used)}  # type: ignore[dict-item]
     if missing:
         raise _fail(
             "backend",

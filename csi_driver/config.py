@@ -1,0 +1,231 @@
+"""The plugin's configuration file (YAML), read once into a frozen, validated object.
+
+Nothing else in the plugin reads the environment or the file: the CLI calls
+``load(path)`` and hands the result to the server. A bad file fails at start-up
+with the offending key named (``backends[1].driver: missing``), never later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+#: The plugin name Kubernetes objects (StorageClass provisioner, CSIDriver) refer to.
+DEFAULT_DRIVER_NAME = "csi-driver.cinder"
+#: CSI: a plugin name is domain-like, at most 63 characters, alphanumeric at both ends.
+_DRIVER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
+#: Storage settings the plugin decides itself rather than the file.
+_RESERVED_STORAGE = ("output_all_backend_info", "attach_only")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or invalid; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendConfig:
+    """One Cinder driver: what its section of cinder.conf would hold, plus topology."""
+
+    name: str
+    #: Dotted class path of the Cinder volume driver (Cinder's ``volume_driver``).
+    driver: str
+    #: The driver's options, as in its cinder.conf section.
+    options: Mapping[str, Any]
+    #: Topology segments from which this backend's volumes are reachable; empty
+    #: means every node.
+    topology: tuple[Mapping[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    """The node service: where it keeps what it staged, and what it tells the CO."""
+
+    #: Node-local directory recording staged volumes (the node has no metadata store).
+    state_dir: str = "/var/lib/csi-driver/node"
+    #: This node's topology segment, e.g. {"topology.csi-driver.cinder/zone": "a"}.
+    topology: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Most volumes the CO may publish here; 0 lets the CO decide.
+    max_volumes: int = 0
+    #: Ask drivers for multipath exports and attach with multipath.
+    multipath: bool = False
+    #: IP address advertised to drivers in the node's connector properties.
+    my_ip: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginConfig:
+    driver_name: str = DEFAULT_DRIVER_NAME
+    #: Host name of this machine as the storage sees it (connector ``host``).
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    #: ``storage.setup()`` options: persistence_config, file_locks_path, root_helper...
+    storage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    backends: tuple[BackendConfig, ...] = ()
+    #: Backend used when a StorageClass names none; the first backend by default.
+    default_backend: str | None = None
+    #: StorageClass ``volume_type`` values -> Cinder volume type (extra_specs, qos_specs).
+    volume_types: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
+
+    def backend(self, name: str) -> BackendConfig | None:
+        return next((b for b in self.backends if b.name == name), None)
+
+    @property
+    def has_topology(self) -> bool:
+        """Whether topology is in use (the VOLUME_ACCESSIBILITY_CONSTRAINTS capability)."""
+        return bool(self.node.topology) or any(b.topology for b in self.backends)
+
+
+def load(path: str) -> PluginConfig:
+    """Read and validate a configuration file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+    try:
+        return from_dict(raw if raw is not None else {})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def from_dict(raw: Any) -> PluginConfig:
+    """Validate a configuration already parsed into plain data."""
+    data = dict(_mapping(raw, "top level"))
+    known = {f.name for f in dataclasses.fields(PluginConfig)}
+    _no_unknown(data, known, "")
+    driver_name = data.get("driver_name", DEFAULT_DRIVER_NAME)
+    if not isinstance(driver_name, str) or not _DRIVER_NAME.match(driver_name):
+        raise ConfigError(
+            f"driver_name: {driver_name!r} is not a domain-like name of at most 63 characters"
+        )
+    host = data.get("host") or socket.gethostname()
+    _string(host, "host")
+    storage = dict(_mapping(data.get("storage", {}), "storage"))
+    for key in _RESERVED_STORAGE:
+        if key in storage:
+            raise ConfigError(f"storage.{key}: set by the plugin itself, not configurable")
+    backends = tuple(_backend(b, i) for i, b in enumerate(_list(data.get("backends"), "backends")))
+    names = [b.name for b in backends]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"backends: the name {name!r} is used twice")
+    default = data.get("default_backend")
+    if default is None and backends:
+        default = backends[0].name
+    if default is not None and default not in names:
+        raise ConfigError(f"default_backend: {default!r} is not one of the backends {names}")
+    volume_types = {
+        _string(name, "volume_types key"): _volume_type(spec, f"volume_types.{name}")
+        for name, spec in _mapping(data.get("volume_types", {}), "volume_types").items()
+    }
+    return PluginConfig(
+        driver_name=driver_name,
+        host=host,
+        storage=MappingProxyType(storage),
+        backends=backends,
+        default_backend=default,
+        volume_types=MappingProxyType(volume_types),
+        node=_node(data.get("node", {})),
+    )
+
+
+def _backend(raw: Any, index: int) -> BackendConfig:
+    where = f"backends[{index}]"
+    data = _mapping(raw, where)
+    _no_unknown(data, {"name", "driver", "options", "topology"}, where + ".")
+    for key in ("name", "driver"):
+        if key not in data:
+            raise ConfigError(f"{where}.{key}: missing")
+    name = _string(data["name"], f"{where}.name")
+    options = dict(_mapping(data.get("options", {}), f"{where}.options"))
+    for key in ("volume_backend_name", "volume_driver"):
+        if key in options:
+            raise ConfigError(f"{where}.options.{key}: given by the backend's name/driver keys")
+    topology = tuple(
+        _segment(s, f"{where}.topology[{i}]")
+        for i, s in enumerate(_list(data.get("topology"), f"{where}.topology"))
+    )
+    return BackendConfig(
+        name=name,
+        driver=_string(data["driver"], f"{where}.driver"),
+        options=MappingProxyType(options),
+        topology=topology,
+    )
+
+
+def _node(raw: Any) -> NodeConfig:
+    data = _mapping(raw, "node")
+    known = {f.name for f in dataclasses.fields(NodeConfig)}
+    _no_unknown(data, known, "node.")
+    max_volumes = data.get("max_volumes", 0)
+    if not isinstance(max_volumes, int) or isinstance(max_volumes, bool) or max_volumes < 0:
+        raise ConfigError(f"node.max_volumes: {max_volumes!r} is not a whole number >= 0")
+    multipath = data.get("multipath", False)
+    if not isinstance(multipath, bool):
+        raise ConfigError(f"node.multipath: {multipath!r} is not true or false")
+    my_ip = data.get("my_ip")
+    if my_ip is not None:
+        _string(my_ip, "node.my_ip")
+    state_dir = _string(data.get("state_dir", NodeConfig.state_dir), "node.state_dir")
+    return NodeConfig(
+        state_dir=os.path.abspath(state_dir),
+        topology=_segment(data.get("topology", {}), "node.topology"),
+        max_volumes=max_volumes,
+        multipath=multipath,
+        my_ip=my_ip,
+    )
+
+
+def _volume_type(raw: Any, where: str) -> Mapping[str, Any]:
+    data = _mapping(raw, where)
+    _no_unknown(data, {"extra_specs", "qos_specs"}, where + ".")
+    return MappingProxyType(
+        {
+            key: {str(k): str(v) for k, v in _mapping(data.get(key, {}), f"{where}.{key}").items()}
+            for key in ("extra_specs", "qos_specs")
+        }
+    )
+
+
+def _segment(raw: Any, where: str) -> Mapping[str, str]:
+    data = _mapping(raw, where)
+    return MappingProxyType(
+        {_string(k, f"{where} key"): _string(v, f"{where}.{k}") for k, v in data.items()}
+    )
+
+
+def _mapping(raw: Any, where: str) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _list(raw: Any, where: str) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list, got {type(raw).__name__}")
+    return raw
+
+
+def _string(raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+    return raw
+
+
+def _no_unknown(data: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")

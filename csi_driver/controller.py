@@ -1,0 +1,528 @@
+"""The CSI Controller service: volumes, snapshots, clones, expansion and exports,
+done by the configured Cinder drivers with their state in the metadata store.
+
+Each RPC reads as: check the request -> hold the name/id -> look up what exists
+(idempotency) -> call the storage library -> build the response. Status codes
+come from ``errors.STATUS_CODES``; nothing here imports Cinder.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from csi_driver import capabilities, errors, node_identity, rpc, storage
+from csi_driver import volume_requests as req
+from csi_driver.config import PluginConfig
+from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
+from csi_driver.storage import Connection, NotFound, Snapshot, Volume
+
+LOG = logging.getLogger(__name__)
+GiB = req.GiB
+#: publish_context key holding the serialized Connection (its ``jsons`` form).
+CONNECTION_KEY = "connection"
+#: Volume metadata recording how the volume was requested, for idempotent retries.
+ACCESS_KEY = "csi.access_type"
+#: Connector property carrying the CSI node id, so published_node_ids can be listed.
+NODE_ID_PROPERTY = "csi_node_id"
+#: The spec's limit for a map field such as publish_context.
+MAP_LIMIT = 4096
+#: Statuses of a volume or snapshot that a failed or interrupted operation left.
+BROKEN = ("error", "creating", "error_deleting", "deleting")
+
+T = TypeVar("T")
+
+
+class ControllerService(csi_pb2_grpc.ControllerServicer):
+    def __init__(self, config: PluginConfig) -> None:
+        self.config = config
+        self.inflight = rpc.InFlightLocks()
+
+    # -- volumes ------------------------------------------------------------------
+    @rpc.handler(lock=lambda r: [f"volume-name:{r.name}"] if r.name else [])
+    def CreateVolume(
+        self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.CreateVolumeResponse:
+        req.require(request.name, "name")
+        access = req.check_capabilities(request.volume_capabilities)
+        backend_cfg, volume_type = req.parameters(self.config, request.parameters)
+        size = req.size_gib(request.capacity_range if request.HasField("capacity_range") else None)
+        source = (
+            request.volume_content_source if request.HasField("volume_content_source") else None
+        )
+        requirements = (
+            request.accessibility_requirements
+            if request.HasField("accessibility_requirements")
+            else None
+        )
+        req.check_requirements(backend_cfg, requirements)
+        backend = storage.Backend.backends[backend_cfg.name]
+        access_type = "block" if access.block else "mount"
+
+        for existing in storage.find_volumes(request.name):
+            if existing.status in BROKEN:
+                LOG.warning("volume %s (%s) was left %s by an earlier attempt; replacing it",
+                            existing.id, request.name, existing.status)  # fmt: skip
+                existing.delete()
+                continue
+            self._check_same_volume(existing, request, backend_cfg.name, volume_type, access)
+            return csi_pb2.CreateVolumeResponse(volume=self._volume_message(existing, source))
+
+        extra: dict[str, Any] = {
+            "metadata": {ACCESS_KEY: access_type},
+            "multiattach": access.multi_node,
+        }
+        if volume_type:
+            extra["volume_type"] = volume_type
+        if source is None:
+            volume = backend.create_volume(size=size, name=request.name, **extra)
+        elif source.HasField("snapshot"):
+            snapshot = self._source_snapshot(source.snapshot.snapshot_id, backend_cfg.name)
+            if size * GiB < snapshot.volume_size * GiB:
+                raise errors.OutOfRange(
+                    f"snapshot {snapshot.id} holds {snapshot.volume_size} GiB; the requested "
+                    f"capacity ({size} GiB) is smaller"
+                )
+            volume = snapshot.create_volume(size=size, name=request.name, **extra)
+        elif source.HasField("volume"):
+            parent = self._source_volume(source.volume.volume_id, backend_cfg.name)
+            if size < parent.size:
+                raise errors.OutOfRange(
+                    f"volume {parent.id} holds {parent.size} GiB; the requested capacity "
+                    f"({size} GiB) is smaller"
+                )
+            volume = parent.clone(size=size, name=request.name, **extra)
+        else:
+            raise errors.InvalidRequest("volume_content_source names neither snapshot nor volume")
+        return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume, source))
+
+    def _check_same_volume(
+        self,
+        volume: Volume,
+        request: csi_pb2.CreateVolumeRequest,
+        backend: str,
+        volume_type: Mapping[str, Any],
+        access: req.Access,
+    ) -> None:
+        """A retried CreateVolume must ask for what exists; anything else is a conflict."""
+        capacity = req.optional(request, "capacity_range")
+        differences = []
+        if volume.backend_name != backend:
+            differences.append(f"backend {volume.backend_name!r}, not {backend!r}")
+        if not req.fits(capacity, volume.size * GiB):
+            differences.append(f"size {volume.size * GiB} bytes, outside the requested range")
+        if volume_type and volume.volume_type.get("name") != volume_type["name"]:
+            differences.append(f"volume type {volume.volume_type.get('name')!r}")
+        if (volume.metadata or {}).get(ACCESS_KEY, "mount") != ("block" if access.block
+                                                                 else "mount"):  # fmt: skip
+            differences.append(f"access type {volume.metadata.get(ACCESS_KEY)}")
+        if access.multi_node and not volume.multiattach:
+            differences.append("single-node access only")
+        source = (
+            request.volume_content_source if request.HasField("volume_content_source") else None
+        )
+        wanted_snapshot = (
+            source.snapshot.snapshot_id if source and source.HasField("snapshot") else None
+        )
+        wanted_volume = source.volume.volume_id if source and source.HasField("volume") else None
+        if (volume.source_snapshot_id or None) != wanted_snapshot or (
+            volume.source_volume_id or None
+        ) != wanted_volume:
+            differences.append("a different content source")
+        if differences:
+            raise errors.AlreadyExists(
+                f"volume {request.name!r} exists ({volume.id}) with {'; '.join(differences)}"
+            )
+
+    def _source_snapshot(self, snapshot_id: str, backend: str) -> Snapshot:
+        try:
+            snapshot = storage.get_snapshot(snapshot_id)
+        except NotFound:
+            raise errors.ObjectNotFound(f"source snapshot {snapshot_id} does not exist") from None
+        if snapshot.backend_name != backend:
+            raise errors.InvalidRequest(
+                f"source snapshot {snapshot_id} is on backend {snapshot.backend_name!r}; a volume "
+                f"from it must be created there, not on {backend!r}"
+            )
+        if snapshot.status != "available":
+            raise errors.FailedPrecondition(f"source snapshot {snapshot_id} is {snapshot.status}")
+        return snapshot
+
+    def _source_volume(self, volume_id: str, backend: str) -> Volume:
+        try:
+            volume = storage.get_volume(volume_id)
+        except NotFound:
+            raise errors.ObjectNotFound(f"source volume {volume_id} does not exist") from None
+        if volume.backend_name != backend:
+            raise errors.InvalidRequest(
+                f"source volume {volume_id} is on backend {volume.backend_name!r}; its clone "
+                f"must be created there, not on {backend!r}"
+            )
+        return volume
+
+    def _volume_message(
+        self, volume: Volume, source: csi_pb2.VolumeContentSource | None = None
+    ) -> csi_pb2.Volume:
+        backend_cfg = self.config.backend(volume.backend_name)
+        message = csi_pb2.Volume(
+            volume_id=volume.id,
+            capacity_bytes=volume.size * GiB,
+            volume_context={"backend": volume.backend_name},
+            accessible_topology=req.accessible_topology(backend_cfg) if backend_cfg else [],
+        )
+        if source is not None:
+            message.content_source.CopyFrom(source)
+        elif volume.source_snapshot_id:
+            message.content_source.snapshot.snapshot_id = volume.source_snapshot_id
+        elif volume.source_volume_id:
+            message.content_source.volume.volume_id = volume.source_volume_id
+        return message
+
+    @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])
+    def DeleteVolume(
+        self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.DeleteVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        volume = _optional(storage.get_volume, request.volume_id)
+        if volume is None:
+            return csi_pb2.DeleteVolumeResponse()  # gone already: success, as the spec says
+        if connections := volume.connections:
+            nodes = sorted({c.connector.get(NODE_ID_PROPERTY) or c.attached_host or "?"
+                            for c in connections})  # fmt: skip
+            raise errors.FailedPrecondition(
+                f"volume {volume.id} is still published to {', '.join(nodes)}; "
+                "ControllerUnpublishVolume it first"
+            )
+        volume.delete()
+        return csi_pb2.DeleteVolumeResponse()
+
+    @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])
+    def ControllerExpandVolume(
+        self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerExpandVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        if not request.HasField("capacity_range"):
+            raise errors.InvalidRequest("capacity_range is required")
+        size = req.size_gib(request.capacity_range)
+        volume = self._volume(request.volume_id)
+        if size > volume.size:
+            volume.extend(size)
+        block = request.HasField("volume_capability") and request.volume_capability.HasField(
+            "block"
+        )
+        if not request.HasField("volume_capability"):
+            block = (volume.metadata or {}).get(ACCESS_KEY) == "block"
+        return csi_pb2.ControllerExpandVolumeResponse(
+            capacity_bytes=volume.size * GiB, node_expansion_required=not block
+        )
+
+    def _volume(self, volume_id: str) -> Volume:
+        try:
+            return storage.get_volume(volume_id)
+        except NotFound:
+            raise errors.ObjectNotFound(f"volume {volume_id} does not exist") from None
+
+    # -- publishing -----------------------------------------------------------------
+    @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])
+    def ControllerPublishVolume(
+        self, request: csi_pb2.ControllerPublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerPublishVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        req.require(request.node_id, "node_id")
+        if not request.HasField("volume_capability"):
+            raise errors.InvalidRequest("volume_capability is required")
+        access = req.check_capabilities([request.volume_capability], "volume_capability")
+        volume = self._volume(request.volume_id)
+        props = self._node_properties(request.node_id)
+        if access.multi_node and not volume.multiattach:
+            raise errors.FailedPrecondition(
+                f"volume {volume.id} was created for single-node access; it cannot be published "
+                "with a multi-node access mode"
+            )
+        mode = "ro" if request.readonly or access.read_only else "rw"
+        for connection in volume.connections:
+            if connection.connector.get(NODE_ID_PROPERTY) == request.node_id:
+                if connection.attach_mode != mode:
+                    raise errors.AlreadyExists(
+                        f"volume {volume.id} is already published to this node "
+                        f"{_mode_text(connection.attach_mode)}; unpublish it first"
+                    )
+                return self._publish_response(connection)
+            if not volume.multiattach:
+                node = connection.connector.get(NODE_ID_PROPERTY) or connection.attached_host
+                raise errors.FailedPrecondition(
+                    f"volume {volume.id} is published to node {node} and is single-node"
+                )
+        connection = volume.connect({**props, NODE_ID_PROPERTY: request.node_id}, mode)
+        try:
+            return self._publish_response(connection)
+        except errors.PluginError:
+            connection.disconnect(force=True)
+            raise
+
+    def _node_properties(self, node_id: str) -> dict[str, Any]:
+        try:
+            return node_identity.decode(node_id)
+        except node_identity.InvalidNodeId as exc:
+            raise errors.ObjectNotFound(f"node {node_id!r} does not exist: {exc}") from None
+
+    def _publish_response(self, connection: Connection) -> csi_pb2.ControllerPublishVolumeResponse:
+        # The connection alone (its volume not loaded): what the node needs, nothing more.
+        data = connection.backend.get_connection(connection.id).jsons
+        if len(CONNECTION_KEY) + len(data.encode()) > MAP_LIMIT:
+            raise errors.ResourceExhausted(
+                f"the serialized connection of volume {connection.volume_id} is "
+                f"{len(data.encode())} bytes, over the {MAP_LIMIT}-byte publish_context limit"
+            )
+        return csi_pb2.ControllerPublishVolumeResponse(publish_context={CONNECTION_KEY: data})
+
+    @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])
+    def ControllerUnpublishVolume(
+        self, request: csi_pb2.ControllerUnpublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerUnpublishVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        volume = _optional(storage.get_volume, request.volume_id)
+        if volume is None:
+            return csi_pb2.ControllerUnpublishVolumeResponse()
+        targets = [
+            c for c in volume.connections
+            if not request.node_id or c.connector.get(NODE_ID_PROPERTY) == request.node_id
+        ]  # fmt: skip
+        attached = [c for c in targets if c.attached]
+        if attached:
+            raise errors.FailedPrecondition(
+                f"volume {volume.id} is still attached on node "
+                f"{attached[0].connector.get(NODE_ID_PROPERTY) or attached[0].attached_host} "
+                f"(at {attached[0].path}); NodeUnstageVolume it there first"
+            )
+        for connection in targets:
+            connection.disconnect()
+        return csi_pb2.ControllerUnpublishVolumeResponse()
+
+    @rpc.handler()
+    def ValidateVolumeCapabilities(
+        self, request: csi_pb2.ValidateVolumeCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        req.require(request.volume_id, "volume_id")
+        if not request.volume_capabilities:
+            raise errors.InvalidRequest("volume_capabilities is required")
+        volume = self._volume(request.volume_id)
+        problems = [p for p in (req.unsupported(c) for c in request.volume_capabilities) if p]
+        multi = any(c.access_mode.mode in capabilities.MULTI_NODE_MODES
+                    for c in request.volume_capabilities)  # fmt: skip
+        if multi and not volume.multiattach:
+            problems.append(f"volume {volume.id} was created for single-node access")
+        if request.parameters:
+            try:
+                backend_cfg, _ = req.parameters(self.config, request.parameters)
+            except errors.InvalidRequest as exc:
+                problems.append(str(exc))
+            else:
+                if backend_cfg.name != volume.backend_name:
+                    problems.append(f"volume is on backend {volume.backend_name!r}")
+        if problems:
+            return csi_pb2.ValidateVolumeCapabilitiesResponse(message="; ".join(problems))
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(
+            confirmed=csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+                volume_context=request.volume_context,
+                volume_capabilities=request.volume_capabilities,
+                parameters=request.parameters,
+                mutable_parameters=request.mutable_parameters,
+            )
+        )
+
+    # -- listing ----------------------------------------------------------------------
+    @rpc.handler()
+    def ListVolumes(
+        self, request: csi_pb2.ListVolumesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ListVolumesResponse:
+        volumes = [v for v in storage.find_volumes() if v.status not in ("creating", "deleting")]
+        page, token = _page(volumes, request.max_entries, request.starting_token)
+        return csi_pb2.ListVolumesResponse(
+            entries=[
+                csi_pb2.ListVolumesResponse.Entry(
+                    volume=self._volume_message(v),
+                    status=csi_pb2.ListVolumesResponse.VolumeStatus(
+                        published_node_ids=_published_nodes(v)
+                    ),
+                )
+                for v in page
+            ],
+            next_token=token,
+        )
+
+    @rpc.handler()
+    def ControllerGetVolume(
+        self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerGetVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        volume = self._volume(request.volume_id)
+        return csi_pb2.ControllerGetVolumeResponse(
+            volume=self._volume_message(volume),
+            status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
+                published_node_ids=_published_nodes(volume)
+            ),
+        )
+
+    @rpc.handler()
+    def GetCapacity(
+        self, request: csi_pb2.GetCapacityRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetCapacityResponse:
+        if request.volume_capabilities:
+            req.check_capabilities(request.volume_capabilities)
+        backend_cfg, _ = req.parameters(self.config, request.parameters)
+        if request.HasField("accessible_topology") and not req.reachable(
+            backend_cfg, [request.accessible_topology]
+        ):
+            return csi_pb2.GetCapacityResponse(available_capacity=0)
+        stats = storage.Backend.backends[backend_cfg.name].stats(refresh=True)
+        pools = stats.get("pools") or [stats]
+        free = 0.0
+        for pool in pools:
+            value = pool.get("free_capacity_gb")
+            if value in ("infinite", "unknown"):
+                # The driver cannot say; do not make the CO refuse to schedule.
+                return csi_pb2.GetCapacityResponse(
+                    available_capacity=2**63 - 1, minimum_volume_size=GiB
+                )
+            free += float(value or 0)
+        return csi_pb2.GetCapacityResponse(
+            available_capacity=int(free * GiB), minimum_volume_size=GiB
+        )
+
+    @rpc.handler()
+    def ControllerGetCapabilities(
+        self, request: csi_pb2.ControllerGetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerGetCapabilitiesResponse:
+        return csi_pb2.ControllerGetCapabilitiesResponse(
+            capabilities=capabilities.controller_capabilities()
+        )
+
+    # -- snapshots --------------------------------------------------------------------
+    @rpc.handler(lock=lambda r: [f"snapshot-name:{r.name}"] if r.name else [])
+    def CreateSnapshot(
+        self, request: csi_pb2.CreateSnapshotRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.CreateSnapshotResponse:
+        req.require(request.source_volume_id, "source_volume_id")
+        req.require(request.name, "name")
+        unknown = sorted(k for k in request.parameters
+                         if not k.startswith(req.K8S_PARAMETER_PREFIX))  # fmt: skip
+        if unknown:
+            raise errors.InvalidRequest(f"unknown snapshot parameter {unknown[0]!r}")
+        for existing in storage.find_snapshots(name=request.name):
+            if existing.volume_id != request.source_volume_id:
+                raise errors.AlreadyExists(
+                    f"snapshot {request.name!r} exists ({existing.id}) of another volume "
+                    f"({existing.volume_id})"
+                )
+            if existing.status in BROKEN:
+                LOG.warning("snapshot %s (%s) was left %s by an earlier attempt; replacing it",
+                            existing.id, request.name, existing.status)  # fmt: skip
+                existing.delete()
+                continue
+            return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot_message(existing))
+        volume = self._volume(request.source_volume_id)
+        with self.inflight.hold([f"volume:{volume.id}"]):
+            snapshot = volume.create_snapshot(name=request.name)
+        return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot_message(snapshot))
+
+    @rpc.handler(lock=lambda r: [f"snapshot:{r.snapshot_id}"] if r.snapshot_id else [])
+    def DeleteSnapshot(
+        self, request: csi_pb2.DeleteSnapshotRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.DeleteSnapshotResponse:
+        req.require(request.snapshot_id, "snapshot_id")
+        snapshot = _optional(storage.get_snapshot, request.snapshot_id)
+        if snapshot is not None:
+            snapshot.delete()
+        return csi_pb2.DeleteSnapshotResponse()
+
+    @rpc.handler()
+    def ListSnapshots(
+        self, request: csi_pb2.ListSnapshotsRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ListSnapshotsResponse:
+        if request.snapshot_id:
+            one = _optional(storage.get_snapshot, request.snapshot_id)
+            snapshots = [one] if one is not None else []
+            if request.source_volume_id:
+                snapshots = [s for s in snapshots if s.volume_id == request.source_volume_id]
+        else:
+            snapshots = storage.find_snapshots(volume_id=request.source_volume_id or None)
+        snapshots = [s for s in snapshots if s.status not in ("creating", "deleting")]
+        page, token = _page(snapshots, request.max_entries, request.starting_token)
+        return csi_pb2.ListSnapshotsResponse(
+            entries=[
+                csi_pb2.ListSnapshotsResponse.Entry(snapshot=_snapshot_message(s)) for s in page
+            ],
+            next_token=token,
+        )
+
+
+def _optional(lookup: Any, object_id: str) -> Any:
+    """``lookup(id)``, or None when it does not exist (or its backend is not here)."""
+    try:
+        return lookup(object_id)
+    except NotFound:
+        return None
+
+
+def _mode_text(mode: str) -> str:
+    return "read-only" if mode == "ro" else "read-write"
+
+
+def _published_nodes(volume: Volume) -> list[str]:
+    return sorted({c.connector.get(NODE_ID_PROPERTY) for c in volume.connections} - {None})
+
+
+def _snapshot_message(snapshot: Snapshot) -> csi_pb2.Snapshot:
+    created = timestamp_pb2.Timestamp()
+    created.FromJsonString(_rfc3339(snapshot.created_at))
+    return csi_pb2.Snapshot(
+        size_bytes=snapshot.volume_size * GiB,
+        snapshot_id=snapshot.id,
+        source_volume_id=snapshot.volume_id,
+        creation_time=created,
+        ready_to_use=snapshot.status == "available",
+    )
+
+
+def _rfc3339(stamp: str) -> str:
+    """The store's ISO timestamps as RFC 3339 with a zone (what Timestamp parses)."""
+    text = stamp.replace(" ", "T")
+    if text.endswith("+00:00"):
+        text = text[:-6]
+    return text if text.endswith("Z") else text + "Z"
+
+
+def _page(items: Sequence[T], max_entries: int, token: str) -> tuple[Sequence[T], str]:
+    """A page of ``items`` (sorted by id) and the token for the next one.
+
+    The token is the id of the last entry returned, so a page stays correct when
+    earlier entries are deleted between calls; an unknown token is ABORTED, as the
+    spec asks for a starting_token the plugin did not issue.
+    """
+    if max_entries < 0:
+        raise errors.InvalidRequest(f"max_entries must not be negative, got {max_entries}")
+    start = 0
+    if token:
+        ids = [getattr(i, "id") for i in items]  # noqa: B009 - Volume or Snapshot
+        if token not in ids and not _looks_issued(token):
+            raise errors.UnknownToken(f"starting_token {token!r} was not issued by this plugin")
+        start = next((n for n, i in enumerate(ids) if i > token), len(ids))
+    end = len(items) if max_entries == 0 else start + max_entries
+    page = items[start:end]
+    next_token = getattr(page[-1], "id") if end < len(items) and page else ""  # noqa: B009
+    return page, next_token
+
+
+def _looks_issued(token: str) -> bool:
+    """A token whose entry was deleted since it was issued is still a valid position
+    (it has the shape of the ids this plugin makes); anything else was never issued."""
+    try:
+        return str(uuid.UUID(token)) == token
+    except ValueError:
+        return False

@@ -1,0 +1,48 @@
+"""The CSI Identity service: who this plugin is, what it offers, whether it is ready."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import wrappers_pb2
+
+import csi_driver
+from csi_driver import capabilities, rpc
+from csi_driver.config import PluginConfig
+from csi_driver.csi_pb import SPEC_VERSION, csi_pb2, csi_pb2_grpc
+
+
+class IdentityService(csi_pb2_grpc.IdentityServicer):
+    def __init__(
+        self, config: PluginConfig, controller: bool, ready: Callable[[], bool] = lambda: True
+    ) -> None:
+        self.config = config
+        self.controller = controller
+        self.ready = ready
+        self.inflight = rpc.InFlightLocks()
+
+    @rpc.handler()
+    def GetPluginInfo(
+        self, request: csi_pb2.GetPluginInfoRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetPluginInfoResponse:
+        return csi_pb2.GetPluginInfoResponse(
+            name=self.config.driver_name,
+            vendor_version=csi_driver.__version__,
+            manifest={"csi-spec": SPEC_VERSION,
+                      "backends": ",".join(b.name for b in self.config.backends)},
+        )  # fmt: skip
+
+    @rpc.handler()
+    def GetPluginCapabilities(
+        self, request: csi_pb2.GetPluginCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetPluginCapabilitiesResponse:
+        return csi_pb2.GetPluginCapabilitiesResponse(
+            capabilities=capabilities.plugin_capabilities(self.config, self.controller)
+        )
+
+    @rpc.handler()
+    def Probe(
+        self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ProbeResponse:
+        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=self.ready()))

@@ -1,0 +1,362 @@
+"""The CSI Node service: attach what the controller exported, format only blank
+devices, mount, bind-publish, expand and report.
+
+Everything the node needs arrives in ``publish_context``: the serialized Connection
+(``connection.jsons`` from the storage library). It is rebuilt with
+``storage.Connection.load`` and attached with os-brick; the node never reads the
+metadata store and holds no backend credentials. What it staged is recorded in a
+node-local ``NodeState`` so unstage can detach after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from csi_driver import capabilities, errors, host_fs, node_identity, rpc, storage
+from csi_driver import volume_requests as req
+from csi_driver.config import PluginConfig
+from csi_driver.controller import CONNECTION_KEY
+from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
+from csi_driver.node_state import NodeState
+from csi_driver.storage import connector, runtime
+
+LOG = logging.getLogger(__name__)
+
+
+def _volume_lock(request: Any) -> list[str]:
+    return [f"volume:{request.volume_id}"] if request.volume_id else []
+
+
+class NodeService(csi_pb2_grpc.NodeServicer):
+    def __init__(self, config: PluginConfig) -> None:
+        self.config = config
+        self.state = NodeState(config.node.state_dir)
+        self.inflight = rpc.InFlightLocks()
+        self._node_id: str | None = None
+
+    # -- identity of this node ---------------------------------------------------------
+    def node_id(self) -> str:
+        """This node's id: its host name and the connector properties drivers need."""
+        if self._node_id is None:
+            props = connector.local_properties(
+                runtime.settings(), multipath=self.config.node.multipath
+            )
+            node_id, dropped = node_identity.encode(self.config.host, props)
+            if dropped:
+                LOG.warning("node id would exceed %d bytes; left out: %s",
+                            node_identity.MAX_BYTES, ", ".join(dropped))  # fmt: skip
+            self._node_id = node_id
+        return self._node_id
+
+    @rpc.handler()
+    def NodeGetInfo(
+        self, request: csi_pb2.NodeGetInfoRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeGetInfoResponse:
+        topology = self.config.node.topology
+        return csi_pb2.NodeGetInfoResponse(
+            node_id=self.node_id(),
+            max_volumes_per_node=self.config.node.max_volumes,
+            accessible_topology=csi_pb2.Topology(segments=dict(topology)) if topology else None,
+        )
+
+    @rpc.handler()
+    def NodeGetCapabilities(
+        self, request: csi_pb2.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeGetCapabilitiesResponse:
+        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=capabilities.node_capabilities())
+
+    # -- stage ------------------------------------------------------------------------------
+    @rpc.handler(lock=_volume_lock)
+    def NodeStageVolume(
+        self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeStageVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        req.require(request.staging_target_path, "staging_target_path")
+        if not request.HasField("volume_capability"):
+            raise errors.InvalidRequest("volume_capability is required")
+        access = req.check_capabilities([request.volume_capability], "volume_capability")
+        data = request.publish_context.get(CONNECTION_KEY)
+        if not data:
+            raise errors.InvalidRequest(
+                f"publish_context has no {CONNECTION_KEY!r}: ControllerPublishVolume of this "
+                "plugin must run first"
+            )
+        staging = request.staging_target_path
+        fs_type = access.fs_type or capabilities.DEFAULT_FILESYSTEM
+        record = self._record(request.volume_id)
+        if record is not None:
+            return self._already_staged(record, staging, access, fs_type)
+        if not os.path.isdir(staging):
+            raise errors.InvalidRequest(f"staging_target_path {staging} is not a directory")
+        connection = storage.Connection.load(data)
+        if connection.volume_id != request.volume_id:
+            raise errors.InvalidRequest(
+                f"publish_context is for volume {connection.volume_id}, not {request.volume_id}"
+            )
+
+        undo: list[Callable[[], None]] = []
+        try:
+            path = connection.attach()
+            undo.append(lambda: connection.detach(force=True))
+            loop = None
+            if path and host_fs.is_regular_file(path):
+                loop = host_fs.loop_attach(path)  # file-backed volume (FileDriver)
+                undo.append(lambda: host_fs.loop_detach(loop))
+                device = loop
+            elif path and host_fs.is_block_device(path):
+                device = path
+            else:
+                raise errors.FailedPrecondition(
+                    f"attach of volume {request.volume_id} gave {path!r}, which is neither a "
+                    "block device nor a file"
+                )
+            if not access.block:
+                self._mount_staging(device, staging, fs_type, request, access.read_only)
+                undo.append(lambda: host_fs.unmount(staging))
+            self.state.put(
+                request.volume_id,
+                {
+                    "volume_id": request.volume_id,
+                    "connection": connection.jsons,
+                    "device": device,
+                    "loop": loop,
+                    "staging_path": os.path.realpath(staging),
+                    "block": access.block,
+                    "fs_type": None if access.block else fs_type,
+                    "targets": {},
+                },
+            )
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception:
+                    LOG.exception("undoing a failed stage of volume %s", request.volume_id)
+            raise
+        return csi_pb2.NodeStageVolumeResponse()
+
+    def _already_staged(
+        self, record: dict[str, Any], staging: str, access: req.Access, fs_type: str
+    ) -> csi_pb2.NodeStageVolumeResponse:
+        volume_id = record["volume_id"]
+        if record["staging_path"] != os.path.realpath(staging):
+            raise errors.FailedPrecondition(
+                f"volume {volume_id} is already staged at {record['staging_path']} on this node"
+            )
+        if record["block"] != access.block or (not access.block and record["fs_type"] != fs_type):
+            raise errors.AlreadyExists(
+                f"volume {volume_id} is already staged here as "
+                f"{'a block device' if record['block'] else record['fs_type']}"
+            )
+        if not record["block"] and not host_fs.is_mounted(staging):
+            raise errors.FailedPrecondition(
+                f"volume {volume_id} is recorded as staged but {staging} is not mounted; "
+                "NodeUnstageVolume it and stage again"
+            )
+        return csi_pb2.NodeStageVolumeResponse()
+
+    def _mount_staging(
+        self,
+        device: str,
+        staging: str,
+        fs_type: str,
+        request: csi_pb2.NodeStageVolumeRequest,
+        read_only: bool,
+    ) -> None:
+        found = host_fs.probe_filesystem(device)
+        if found is None:
+            if read_only:
+                raise errors.FailedPrecondition(
+                    f"volume {request.volume_id} is blank and requested read-only: there is no "
+                    "filesystem to mount and none can be made"
+                )
+            LOG.info("volume %s is blank; creating %s on %s", request.volume_id, fs_type, device)
+            host_fs.make_filesystem(device, fs_type)
+        elif found != fs_type:
+            raise errors.FailedPrecondition(
+                f"volume {request.volume_id} holds {found}, not the requested {fs_type}; "
+                "it is never reformatted"
+            )
+        options = list(request.volume_capability.mount.mount_flags)
+        if read_only:
+            options.append("ro")
+        host_fs.mount(device, staging, fs_type, options)
+
+    @rpc.handler(lock=_volume_lock)
+    def NodeUnstageVolume(
+        self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeUnstageVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        req.require(request.staging_target_path, "staging_target_path")
+        record = self._record(request.volume_id)
+        if record is None or record["staging_path"] != os.path.realpath(
+            request.staging_target_path
+        ):
+            return csi_pb2.NodeUnstageVolumeResponse()  # not staged there: nothing to do
+        if published := [t for t in record["targets"] if host_fs.is_mounted(t)]:
+            raise errors.FailedPrecondition(
+                f"volume {request.volume_id} is still published at {', '.join(published)}; "
+                "NodeUnpublishVolume it first"
+            )
+        if not record["block"]:
+            host_fs.unmount(record["staging_path"])
+        if record["loop"]:
+            host_fs.loop_detach(record["loop"])
+        storage.Connection.load(record["connection"]).detach()
+        self.state.delete(request.volume_id)
+        return csi_pb2.NodeUnstageVolumeResponse()
+
+    # -- publish ----------------------------------------------------------------------------
+    @rpc.handler(lock=_volume_lock)
+    def NodePublishVolume(
+        self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodePublishVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        req.require(request.staging_target_path, "staging_target_path")
+        req.require(request.target_path, "target_path")
+        if not request.HasField("volume_capability"):
+            raise errors.InvalidRequest("volume_capability is required")
+        access = req.check_capabilities([request.volume_capability], "volume_capability")
+        record = self._record(request.volume_id)
+        if record is None or record["staging_path"] != os.path.realpath(
+            request.staging_target_path
+        ):
+            raise errors.FailedPrecondition(
+                f"volume {request.volume_id} is not staged at {request.staging_target_path}; "
+                "NodeStageVolume it first"
+            )
+        if access.block != record["block"]:
+            raise errors.InvalidRequest(
+                f"volume {request.volume_id} is staged as "
+                f"{'a block device' if record['block'] else 'a filesystem'}"
+            )
+        target = os.path.abspath(request.target_path)
+        read_only = request.readonly or access.read_only
+        known = record["targets"].get(target)
+        if known is not None and host_fs.is_mounted(target):
+            if known["read_only"] != read_only:
+                raise errors.AlreadyExists(
+                    f"volume {request.volume_id} is already published at {target} "
+                    f"{'read-only' if known['read_only'] else 'read-write'}"
+                )
+            return csi_pb2.NodePublishVolumeResponse()
+        if not os.path.isdir(os.path.dirname(target)):
+            raise errors.InvalidRequest(f"the parent directory of target_path {target} is missing")
+        if record["block"]:
+            host_fs.ensure_file(target)
+            source = record["device"]
+        else:
+            host_fs.ensure_dir(target)
+            source = record["staging_path"]
+        try:
+            host_fs.bind_mount(source, target, read_only=read_only)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                host_fs.remove_path(target)
+            raise
+        record["targets"][target] = {"read_only": read_only}
+        self.state.put(request.volume_id, record)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    @rpc.handler(lock=_volume_lock)
+    def NodeUnpublishVolume(
+        self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeUnpublishVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        req.require(request.target_path, "target_path")
+        target = os.path.abspath(request.target_path)
+        record = self._record(request.volume_id)
+        if record is None and not host_fs.is_mounted(target):
+            raise errors.ObjectNotFound(
+                f"volume {request.volume_id} is not staged or published on this node"
+            )
+        host_fs.unmount(target)
+        host_fs.remove_path(target)
+        if record is not None and target in record["targets"]:
+            del record["targets"][target]
+            self.state.put(request.volume_id, record)
+        return csi_pb2.NodeUnpublishVolumeResponse()
+
+    # -- stats and expansion -----------------------------------------------------------
+    @rpc.handler()
+    def NodeGetVolumeStats(
+        self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeGetVolumeStatsResponse:
+        req.require(request.volume_id, "volume_id")
+        req.require(request.volume_path, "volume_path")
+        record, path = self._located(request.volume_id, request.volume_path)
+        Unit = csi_pb2.VolumeUsage
+        if not os.path.exists(path) or not (record["block"] or host_fs.is_mounted(path)):
+            raise errors.FailedPrecondition(f"volume {request.volume_id}: {path} is not mounted")
+        if not host_fs.is_block_device(record["device"]):
+            raise errors.FailedPrecondition(
+                f"volume {request.volume_id}: device {record['device']} has gone away"
+            )
+        if record["block"]:
+            size = host_fs.block_device_size(record["device"])
+            return csi_pb2.NodeGetVolumeStatsResponse(usage=[Unit(unit=Unit.BYTES, total=size)])
+        stats = host_fs.filesystem_stats(path)
+        return csi_pb2.NodeGetVolumeStatsResponse(
+            usage=[
+                Unit(
+                    unit=Unit.BYTES,
+                    total=stats["bytes_total"],
+                    available=stats["bytes_available"],
+                    used=stats["bytes_used"],
+                ),
+                Unit(
+                    unit=Unit.INODES,
+                    total=stats["inodes_total"],
+                    available=stats["inodes_free"],
+                    used=stats["inodes_used"],
+                ),
+            ],
+        )
+
+    @rpc.handler(lock=_volume_lock)
+    def NodeExpandVolume(
+        self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeExpandVolumeResponse:
+        req.require(request.volume_id, "volume_id")
+        req.require(request.volume_path, "volume_path")
+        record, _ = self._located(request.volume_id, request.volume_path)
+        if request.HasField("volume_capability"):
+            req.check_capabilities([request.volume_capability], "volume_capability")
+        if record["loop"]:
+            host_fs.loop_refresh(record["loop"])  # the backing file grew
+        else:
+            storage.Connection.load(record["connection"]).extend()
+        size = host_fs.block_device_size(record["device"])
+        wanted = request.capacity_range.required_bytes if request.HasField("capacity_range") else 0
+        if wanted and size < wanted:
+            raise errors.FailedPrecondition(
+                f"device {record['device']} shows {size} bytes, less than the {wanted} requested; "
+                "was ControllerExpandVolume done?"
+            )
+        if not record["block"]:
+            host_fs.resize_filesystem(record["device"], record["staging_path"], record["fs_type"])
+        return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _record(self, volume_id: str) -> dict[str, Any] | None:
+        try:
+            return self.state.get(volume_id)
+        except ValueError as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+
+    def _located(self, volume_id: str, volume_path: str) -> tuple[dict[str, Any], str]:
+        """The stage record of a volume and the path asked about, which must be its
+        staging path or one of its published targets."""
+        record = self._record(volume_id)
+        if record is None:
+            raise errors.ObjectNotFound(f"volume {volume_id} is not staged on this node")
+        path = os.path.abspath(volume_path)
+        if path != record["staging_path"] and path not in record["targets"]:
+            raise errors.ObjectNotFound(f"volume {volume_id} is not staged or published at {path}")
+        return record, path
