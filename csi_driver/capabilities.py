@@ -55,18 +55,18 @@ FILESYSTEMS = ("ext4", "ext3", "xfs")
 DEFAULT_FILESYSTEM = "ext4"
 
 
-def plugin_capabilities(config: PluginConfig, controller: bool) -> list[csi_pb2.PluginCapability]:
-    """GetPluginCapabilities: the controller service (when this process serves it),
-    topology when configured, and online expansion."""
-    caps = []
-    if controller:
-        caps.append(
-            csi_pb2.PluginCapability(
-                service=csi_pb2.PluginCapability.Service(
-                    type=csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE
-                )
+def plugin_capabilities(config: PluginConfig) -> list[csi_pb2.PluginCapability]:
+    """GetPluginCapabilities: the controller service, topology when configured, and
+    online expansion. These describe the plugin as a whole, so a node-mode process
+    reports the controller service too (its controller runs elsewhere), as COs and
+    csi-sanity expect."""
+    caps = [
+        csi_pb2.PluginCapability(
+            service=csi_pb2.PluginCapability.Service(
+                type=csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE
             )
         )
+    ]
     if config.has_topology:
         caps.append(
             csi_pb2.PluginCapability(

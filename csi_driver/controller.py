@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from csi_driver import capabilities, errors, node_identity, rpc, storage
 from csi_driver import volume_requests as req
@@ -258,12 +258,29 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 raise errors.FailedPrecondition(
                     f"volume {volume.id} is published to node {node} and is single-node"
                 )
+        self._check_attach_limit(request.node_id, props)
+        props.pop(node_identity.MAX_VOLUMES, None)  # the plugin's, not the driver's
         connection = volume.connect({**props, NODE_ID_PROPERTY: request.node_id}, mode)
         try:
             return self._publish_response(connection)
         except errors.PluginError:
             connection.disconnect(force=True)
             raise
+
+    def _check_attach_limit(self, node_id: str, props: Mapping[str, Any]) -> None:
+        """The node's max_volumes_per_node (carried in its id) bounds what is published there."""
+        limit = props.get(node_identity.MAX_VOLUMES)
+        if not limit:
+            return
+        published = sum(
+            1 for v in storage.find_volumes() for c in v.connections
+            if c.connector.get(NODE_ID_PROPERTY) == node_id
+        )  # fmt: skip
+        if published >= limit:
+            raise errors.ResourceExhausted(
+                f"node {props.get('host')} already has {published} volume(s) published, its "
+                f"limit (max_volumes_per_node={limit})"
+            )
 
     def _node_properties(self, node_id: str) -> dict[str, Any]:
         try:
@@ -388,11 +405,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if value in ("infinite", "unknown"):
                 # The driver cannot say; do not make the CO refuse to schedule.
                 return csi_pb2.GetCapacityResponse(
-                    available_capacity=2**63 - 1, minimum_volume_size=GiB
+                    available_capacity=2**63 - 1, minimum_volume_size=_int64(GiB)
                 )
             free += float(value or 0)
         return csi_pb2.GetCapacityResponse(
-            available_capacity=int(free * GiB), minimum_volume_size=GiB
+            available_capacity=int(free * GiB), minimum_volume_size=_int64(GiB)
         )
 
     @rpc.handler()
@@ -460,6 +477,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             ],
             next_token=token,
         )
+
+
+def _int64(value: int) -> wrappers_pb2.Int64Value:
+    return wrappers_pb2.Int64Value(value=value)
 
 
 def _optional(lookup: Any, object_id: str) -> Any:

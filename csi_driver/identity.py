@@ -14,11 +14,8 @@ from csi_driver.csi_pb import SPEC_VERSION, csi_pb2, csi_pb2_grpc
 
 
 class IdentityService(csi_pb2_grpc.IdentityServicer):
-    def __init__(
-        self, config: PluginConfig, controller: bool, ready: Callable[[], bool] = lambda: True
-    ) -> None:
+    def __init__(self, config: PluginConfig, ready: Callable[[], bool] = lambda: True) -> None:
         self.config = config
-        self.controller = controller
         self.ready = ready
         self.inflight = rpc.InFlightLocks()
 
@@ -38,7 +35,7 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
         self, request: csi_pb2.GetPluginCapabilitiesRequest, context: grpc.ServicerContext
     ) -> csi_pb2.GetPluginCapabilitiesResponse:
         return csi_pb2.GetPluginCapabilitiesResponse(
-            capabilities=capabilities.plugin_capabilities(self.config, self.controller)
+            capabilities=capabilities.plugin_capabilities(self.config)
         )
 
     @rpc.handler()

@@ -47,7 +47,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             props = connector.local_properties(
                 runtime.settings(), multipath=self.config.node.multipath
             )
-            node_id, dropped = node_identity.encode(self.config.host, props)
+            node_id, dropped = node_identity.encode(
+                self.config.host, props, self.config.node.max_volumes
+            )
             if dropped:
                 LOG.warning("node id would exceed %d bytes; left out: %s",
                             node_identity.MAX_BYTES, ", ".join(dropped))  # fmt: skip
@@ -246,6 +248,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     f"{'read-only' if known['read_only'] else 'read-write'}"
                 )
             return csi_pb2.NodePublishVolumeResponse()
+        mode = request.volume_capability.access_mode.mode
+        others = [t for t in record["targets"] if t != target and host_fs.is_mounted(t)]
+        if mode == capabilities.Mode.SINGLE_NODE_SINGLE_WRITER and others:
+            raise errors.FailedPrecondition(
+                f"volume {request.volume_id} is SINGLE_NODE_SINGLE_WRITER and already "
+                f"published at {others[0]}"
+            )
         if not os.path.isdir(os.path.dirname(target)):
             raise errors.InvalidRequest(f"the parent directory of target_path {target} is missing")
         if record["block"]:

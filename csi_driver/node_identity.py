@@ -26,8 +26,13 @@ VERSION = "v1"
 MAX_BYTES = 256
 RECOMMENDED_BYTES = 128
 
+#: Not a connector property: the node's max_volumes_per_node, which the controller
+#: enforces at ControllerPublishVolume. Kept out of what drivers receive.
+MAX_VOLUMES = "csi_max_volumes"
+
 #: (node-id key, connector property); dropped from the end first when too long.
 FIELDS: tuple[tuple[str, str], ...] = (
+    ("max", MAX_VOLUMES),
     ("ip", "ip"),
     ("iqn", "initiator"),
     ("nqn", "nqn"),
@@ -45,8 +50,9 @@ class InvalidNodeId(ValueError):
     """Not a node id this plugin issued (or corrupted on the way)."""
 
 
-def encode(host: str, properties: Mapping[str, Any]) -> tuple[str, list[str]]:
+def encode(host: str, properties: Mapping[str, Any], max_volumes: int = 0) -> tuple[str, list[str]]:
     """The node id for this host, and the properties left out to fit 256 bytes."""
+    properties = {**properties, MAX_VOLUMES: max_volumes}
     parts = [VERSION, quote(host, safe=_SAFE)]
     pairs: list[str] = []
     for key, prop in FIELDS:
@@ -88,6 +94,8 @@ def decode(node_id: str) -> dict[str, Any]:
             properties[prop] = value.split(",")
         elif prop == "multipath":
             properties[prop] = value == "1"
+        elif prop == MAX_VOLUMES:
+            properties[prop] = int(value) if value.isdigit() else 0
         else:
             properties[prop] = value
     return properties

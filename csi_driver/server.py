@@ -126,7 +126,7 @@ def build_server(config: PluginConfig, mode: str, max_workers: int = 10) -> grpc
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix="csi"))  # fmt: skip
     controller = mode in ("controller", "all")
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config, controller), server)
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config), server)
     if controller:
         csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(config), server)
     if mode in ("node", "all"):
