@@ -26,6 +26,7 @@ CONTROLLER_RPCS = (
     Ctrl.LIST_VOLUMES_PUBLISHED_NODES,
     Ctrl.GET_VOLUME,
     Ctrl.SINGLE_NODE_MULTI_WRITER,
+    Ctrl.GET_SNAPSHOT,
 )
 
 NODE_RPCS = (
@@ -33,6 +34,7 @@ NODE_RPCS = (
     NodeRpc.GET_VOLUME_STATS,
     NodeRpc.EXPAND_VOLUME,
     NodeRpc.SINGLE_NODE_MULTI_WRITER,
+    NodeRpc.GET_VOLUME_HEALTH,
 )
 
 #: Access modes a volume of any backend can serve (one node at a time).

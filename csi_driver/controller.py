@@ -459,6 +459,16 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         return csi_pb2.DeleteSnapshotResponse()
 
     @rpc.handler()
+    def GetSnapshot(
+        self, request: csi_pb2.GetSnapshotRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetSnapshotResponse:
+        req.require(request.snapshot_id, "snapshot_id")
+        snapshot = _optional(storage.get_snapshot, request.snapshot_id)
+        if snapshot is None:
+            raise errors.ObjectNotFound(f"snapshot {request.snapshot_id} does not exist")
+        return csi_pb2.GetSnapshotResponse(snapshot=_snapshot_message(snapshot))
+
+    @rpc.handler()
     def ListSnapshots(
         self, request: csi_pb2.ListSnapshotsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ListSnapshotsResponse:

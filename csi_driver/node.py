@@ -328,6 +328,33 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             ],
         )
 
+    @rpc.handler()
+    def NodeGetVolumeHealth(
+        self, request: csi_pb2.NodeGetVolumeHealthRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeGetVolumeHealthResponse:
+        """Problems this node can see: the stage mount or a publish target gone, or
+        the device detached under it. No entries means healthy."""
+        req.require(request.volume_id, "volume_id")
+        record = self._record(request.volume_id)
+        if record is None:
+            raise errors.ObjectNotFound(f"volume {request.volume_id} is not staged on this node")
+        Entry = csi_pb2.VolumeHealth.VolumeHealthEntry
+        problems = []
+        if not host_fs.is_block_device(record["device"]):
+            problems.append(Entry(status=csi_pb2.INACCESSIBLE, reason="DeviceMissing",
+                                  message=f"device {record['device']} is gone"))  # fmt: skip
+        paths = [] if record["block"] else [record["staging_path"]]
+        paths += list(record["targets"])
+        for path in paths:
+            if not host_fs.is_mounted(path):
+                problems.append(Entry(status=csi_pb2.INACCESSIBLE, reason="NotMounted",
+                                      message=f"{path} is no longer mounted"))  # fmt: skip
+        return csi_pb2.NodeGetVolumeHealthResponse(
+            volume_health=csi_pb2.VolumeHealth(
+                volume_id=request.volume_id, health_statuses=problems
+            )
+        )
+
     @rpc.handler(lock=_volume_lock)
     def NodeExpandVolume(
         self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext

@@ -27,6 +27,7 @@ from csi_driver.controller import ControllerService
 from csi_driver.csi_pb import csi_pb2_grpc
 from csi_driver.identity import IdentityService
 from csi_driver.node import NodeService
+from csi_driver.storage import connector
 
 LOG = logging.getLogger(__name__)
 MODES = ("controller", "node", "all")
@@ -100,8 +101,12 @@ def setup_storage(config: PluginConfig, mode: str) -> list[storage.Backend]:
         # The node keeps nothing in a shared store and configures no driver.
         options.pop("persistence_config", None)
         storage.setup(attach_only=True, **options)
+    else:
+        storage.setup(**options)
+    if mode in ("node", "all"):
+        connector.prepare()  # on the main thread, before gRPC starts its workers
+    if mode == "node":
         return []
-    storage.setup(**options)
     started: list[storage.Backend] = []
     try:
         for backend in config.backends:
@@ -123,8 +128,9 @@ def build_server(config: PluginConfig, mode: str, max_workers: int = 10) -> grpc
     """A gRPC server with the services of the mode registered (not started)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                    thread_name_prefix="csi"))  # fmt: skip
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="csi")
+    server = grpc.server(executor)
+    server.csi_executor = executor  # type: ignore[attr-defined] - shut down by serve()
     controller = mode in ("controller", "all")
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config), server)
     if controller:
@@ -168,6 +174,7 @@ def serve(
         server.stop(GRACE_SECONDS).wait()
     finally:
         server.stop(0)
+        server.csi_executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[attr-defined]
         for backend in backends:
             backend.close()
         if endpoint.scheme == "unix" and os.path.exists(endpoint.address):

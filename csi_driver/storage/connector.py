@@ -47,6 +47,17 @@ def configure_privsep(context: PrivContext, section: str, settings: Settings) ->
         cfg.CONF.set_override("helper_command", privsep_helper_command(settings), group=section)
 
 
+def prepare() -> None:
+    """Load and configure os-brick now, on the calling thread.
+
+    os-brick pulls in eventlet (through oslo.privsep, oslo.service, futurist), and
+    importing eventlet on a worker thread leaves that thread impossible to join
+    (measured: a gRPC server then hangs at exit). A server calls this on its main
+    thread before it starts worker threads.
+    """
+    _configure()
+
+
 def _configure() -> None:
     """Apply the library settings to oslo.config, oslo.concurrency and os-brick once."""
     global _configured
@@ -59,6 +70,7 @@ def _configure() -> None:
     with _lock:
         if _configured == key:
             return
+        _use_native_threads()
         import os_brick
         from os_brick import privileged
         from oslo_concurrency import lockutils
@@ -71,6 +83,21 @@ def _configure() -> None:
         for context in (privileged.default, privileged.brick_privsep_hide_output):
             configure_privsep(context, "privsep_osbrick", settings)
         _configured = key
+
+
+def _use_native_threads() -> None:
+    """Pick oslo.service's threading backend before os-brick loads it.
+
+    os-brick's FC connector imports oslo.service, whose default backend is eventlet.
+    Cinder's adapter makes the same choice for controllers; whichever comes first wins.
+    """
+    from oslo_service import backend as service_backend
+    from oslo_service.backend import exceptions as backend_errors
+
+    try:
+        service_backend.init_backend(service_backend.BackendType.THREADING)
+    except backend_errors.BackendAlreadySelected:
+        LOG.warning("oslo.service already runs its eventlet backend in this process")
 
 
 def local_properties(

@@ -1,0 +1,1 @@
+"""Shared by the CSI tests: real plugin processes and the csi-sanity runner."""

@@ -1,0 +1,142 @@
+"""Real plugin processes (``csi-driver --endpoint ... --mode ...``) for tests.
+
+Each runs as the shipped command would, on a unix socket in the test's directory;
+stopping sends SIGTERM and checks the plugin exits 0 (its graceful shutdown), and
+the log is kept for assertions (no secrets, request ids).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
+
+FILE_DRIVER = "csi_driver.storage.drivers.file.FileDriver"
+START_TIMEOUT = 60.0
+
+
+def file_backend(directory: Path, name: str = "embedded", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "driver": FILE_DRIVER,
+            "options": {"file_volumes_dir": str(directory / name)}, **extra}  # fmt: skip
+
+
+def write_config(directory: Path, backends: list[dict[str, Any]] | None = None,
+                 **overrides: Any) -> Path:  # fmt: skip
+    """A plugin config under ``directory``: FileDriver + SQLite unless told otherwise."""
+    config: dict[str, Any] = {
+        "storage": {
+            "persistence_config": {"storage": "sqlite", "path": str(directory / "meta.sqlite")},
+            "file_locks_path": str(directory / "locks"),
+        },
+        "backends": backends or [file_backend(directory / "volumes")],
+        "node": {"state_dir": str(directory / "node")},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class PluginProcess:
+    def __init__(self, config: Path, mode: str, socket_path: Path, log: Path) -> None:
+        self.config = config
+        self.mode = mode
+        self.socket = socket_path
+        self.endpoint = f"unix://{socket_path}"
+        self.log_path = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+
+    def start(self) -> PluginProcess:
+        command = [
+            sys.executable, "-m", "csi_driver.cli", "--endpoint", self.endpoint,
+            "--mode", self.mode, "--config", str(self.config), "--log-level", "DEBUG",
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"plugin ({self.mode}) exited at start:\n{self.log()[-3000:]}")
+            if self.socket.exists() and self._probe():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"plugin ({self.mode}) not ready in {START_TIMEOUT}s:\n{self.log()}")
+
+    def _probe(self) -> bool:
+        with grpc.insecure_channel(f"unix:{self.socket}") as channel:
+            try:
+                reply = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+        return reply.ready.value
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait; SIGKILL (and a failing code) if it does not stop."""
+        if self.process is None or self.exit_code is not None:
+            return self.exit_code or 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.exit_code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            self.exit_code = -9
+        return self.exit_code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextmanager
+def running(
+    config: Path, mode: str, directory: Path, name: str | None = None
+) -> Iterator[PluginProcess]:
+    """A started plugin, stopped (gracefully, asserted) when the block ends."""
+    name = name or mode
+    plugin = PluginProcess(config, mode, directory / f"{name}.sock", directory / f"{name}.log")
+    plugin.start()
+    try:
+        yield plugin
+    finally:
+        code = plugin.stop()
+    assert code == 0, f"plugin ({mode}) did not stop cleanly (exit {code}):\n{plugin.log()[-3000:]}"
+
+
+def channel(plugin: PluginProcess) -> grpc.Channel:
+    return grpc.insecure_channel(f"unix:{plugin.socket}")
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Mounts and loop devices still pointing under ``directory`` (none may remain)."""
+    prefix = str(directory)
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(prefix):
+                found.append(f"mount {point}")
+    out = subprocess.run(["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"],
+                         capture_output=True, text=True, check=False).stdout  # fmt: skip
+    found += [f"loop {line.strip()}" for line in out.splitlines() if prefix in line]
+    return found
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
