@@ -7,9 +7,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: lvm2 gives `vgs`, which Cinder's LVM driver runs.
 APT_PACKAGES := lvm2
 
-.PHONY: install system-deps run test lint format bench bench-serialization clean
+.PHONY: install system-deps run demo test lint format bench bench-serialization clean
 
-install: system-deps $(STAMP)
+install: system-deps $(STAMP) proto
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -25,10 +25,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,codegen]'
 	touch $@
 
+# The plugin in `all` mode on the embedded default (config/embedded.yaml): FileDriver
+# volumes and SQLite metadata under ./data. It prints the socket and a call to try.
+# Node calls (stage/publish) need root: they use loop devices and mounts.
 run: install
+	@mkdir -p data
+	$(BIN)/csi-driver --endpoint unix://$(CURDIR)/data/csi.sock --mode all --config config/embedded.yaml
+
+# The storage library's life cycle on the embedded default, one JSON line a step.
+demo: install
 	$(BIN)/csi-driver demo --data-dir data
 
-test: install
+test: install csi-sanity
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -49,7 +57,7 @@ bench-serialization: install
 bench: bench-serialization
 
 clean:
-	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache
+	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache csi_driver/csi_pb build
 
 # Test infrastructure (Ceph test cluster, VM harness) keeps its targets in mk/*.mk.
 -include $(wildcard mk/*.mk)

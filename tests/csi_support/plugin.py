@@ -53,8 +53,12 @@ def write_config(directory: Path, backends: list[dict[str, Any]] | None = None,
 
 
 class PluginProcess:
-    def __init__(self, config: Path, mode: str, socket_path: Path, log: Path) -> None:
+    def __init__(
+        self, config: Path, mode: str, socket_path: Path, log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
+        self.env = {**os.environ, **(env or {})}
         self.mode = mode
         self.socket = socket_path
         self.endpoint = f"unix://{socket_path}"
@@ -68,7 +72,9 @@ class PluginProcess:
             "--mode", self.mode, "--config", str(self.config), "--log-level", "DEBUG",
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -106,11 +112,17 @@ class PluginProcess:
 
 @contextmanager
 def running(
-    config: Path, mode: str, directory: Path, name: str | None = None
+    config: Path,
+    mode: str,
+    directory: Path,
+    name: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[PluginProcess]:
     """A started plugin, stopped (gracefully, asserted) when the block ends."""
     name = name or mode
-    plugin = PluginProcess(config, mode, directory / f"{name}.sock", directory / f"{name}.log")
+    plugin = PluginProcess(
+        config, mode, directory / f"{name}.sock", directory / f"{name}.log", env=env
+    )
     plugin.start()
     try:
         yield plugin
@@ -119,8 +131,17 @@ def running(
     assert code == 0, f"plugin ({mode}) did not stop cleanly (exit {code}):\n{plugin.log()[-3000:]}"
 
 
-def channel(plugin: PluginProcess) -> grpc.Channel:
-    return grpc.insecure_channel(f"unix:{plugin.socket}")
+class Stubs:
+    """The three services' stubs over one channel to a plugin."""
+
+    def __init__(self, plugin: PluginProcess) -> None:
+        self.channel = grpc.insecure_channel(f"unix:{plugin.socket}")
+        self.identity = csi_pb2_grpc.IdentityStub(self.channel)
+        self.controller = csi_pb2_grpc.ControllerStub(self.channel)
+        self.node = csi_pb2_grpc.NodeStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 def leftovers(directory: Path) -> list[str]:
