@@ -46,11 +46,14 @@ class Report:
     failed: list[tuple[str, str]]
     skipped: list[tuple[str, str]]
     output: str
+    #: The --ginkgo.focus of the run: specs outside it are skipped by request.
+    focus: str | None = None
 
     def unexpected_skips(self) -> list[tuple[str, str]]:
         return [
             (name, why) for name, why in self.skipped
             if not any(re.search(pattern, name) for pattern, _ in EXPECTED_SKIPS)
+            and (self.focus is None or re.search(self.focus, name))
         ]  # fmt: skip
 
 
@@ -103,6 +106,7 @@ def run(
     if not junit.exists():
         raise AssertionError(f"csi-sanity wrote no report (exit {proc.returncode}):\n{output}")
     report = _parse(junit, output)
+    report.focus = focus
     if proc.returncode != 0 and not report.failed:
         report.failed.append(("csi-sanity", f"exit {proc.returncode}:\n{output[-4000:]}"))
     return report
