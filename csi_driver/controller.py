@@ -296,6 +296,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 f"the serialized connection of volume {connection.volume_id} is "
                 f"{len(data.encode())} bytes, over the {MAP_LIMIT}-byte publish_context limit"
             )
+        LOG.info("volume %s: publish_context of %d bytes (%s)", connection.volume_id,
+                 len(data.encode()), connection.protocol)  # fmt: skip
         return csi_pb2.ControllerPublishVolumeResponse(publish_context={CONNECTION_KEY: data})
 
     @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])

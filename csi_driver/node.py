@@ -90,13 +90,19 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 "plugin must run first"
             )
         staging = request.staging_target_path
-        fs_type = access.fs_type or capabilities.DEFAULT_FILESYSTEM
         record = self._record(request.volume_id)
+        if record is not None and self._still_staged(record):
+            return self._already_staged(record, staging, access)
         if record is not None:
-            return self._already_staged(record, staging, access, fs_type)
+            LOG.warning("volume %s: its stage record survives but its device or mount is gone "
+                        "(node restarted?); staging it again", request.volume_id)  # fmt: skip
+            self._drop_stale(record)
         if not os.path.isdir(staging):
             raise errors.InvalidRequest(f"staging_target_path {staging} is not a directory")
-        connection = storage.Connection.load(data)
+        try:
+            connection = storage.Connection.load(data)
+        except storage.SerializationError as exc:
+            raise errors.InvalidRequest(f"publish_context[{CONNECTION_KEY!r}]: {exc}") from None
         if connection.volume_id != request.volume_id:
             raise errors.InvalidRequest(
                 f"publish_context is for volume {connection.volume_id}, not {request.volume_id}"
@@ -118,19 +124,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     f"attach of volume {request.volume_id} gave {path!r}, which is neither a "
                     "block device nor a file"
                 )
+            fs_type = None
             if not access.block:
-                self._mount_staging(device, staging, fs_type, request, access.read_only)
+                fs_type = self._mount_staging(device, staging, request, access)
                 undo.append(lambda: host_fs.unmount(staging))
             self.state.put(
                 request.volume_id,
                 {
                     "volume_id": request.volume_id,
                     "connection": connection.jsons,
+                    "path": path,
                     "device": device,
                     "loop": loop,
                     "staging_path": os.path.realpath(staging),
                     "block": access.block,
-                    "fs_type": None if access.block else fs_type,
+                    "fs_type": fs_type,
                     "targets": {},
                 },
             )
@@ -143,23 +151,38 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise
         return csi_pb2.NodeStageVolumeResponse()
 
+    def _still_staged(self, record: dict[str, Any]) -> bool:
+        """Whether what a stage record describes still exists (a reboot clears mounts,
+        loop devices and attachments, but not the record)."""
+        if not host_fs.is_block_device(record["device"]):
+            return False
+        if record["loop"] and host_fs.loop_backing_file(record["loop"]) != record.get("path"):
+            return False
+        return record["block"] or host_fs.is_mounted(record["staging_path"])
+
+    def _drop_stale(self, record: dict[str, Any]) -> None:
+        """Forget a stage that no longer exists, releasing only what is still ours."""
+        loop = record["loop"]
+        if loop and host_fs.loop_backing_file(loop) == record.get("path"):
+            host_fs.loop_detach(loop)
+        if not record["block"]:
+            host_fs.unmount(record["staging_path"])
+        self.state.delete(record["volume_id"])
+
     def _already_staged(
-        self, record: dict[str, Any], staging: str, access: req.Access, fs_type: str
+        self, record: dict[str, Any], staging: str, access: req.Access
     ) -> csi_pb2.NodeStageVolumeResponse:
         volume_id = record["volume_id"]
         if record["staging_path"] != os.path.realpath(staging):
             raise errors.FailedPrecondition(
                 f"volume {volume_id} is already staged at {record['staging_path']} on this node"
             )
-        if record["block"] != access.block or (not access.block and record["fs_type"] != fs_type):
+        if record["block"] != access.block or (
+            access.fs_type and record["fs_type"] != access.fs_type
+        ):
             raise errors.AlreadyExists(
                 f"volume {volume_id} is already staged here as "
                 f"{'a block device' if record['block'] else record['fs_type']}"
-            )
-        if not record["block"] and not host_fs.is_mounted(staging):
-            raise errors.FailedPrecondition(
-                f"volume {volume_id} is recorded as staged but {staging} is not mounted; "
-                "NodeUnstageVolume it and stage again"
             )
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -167,28 +190,35 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self,
         device: str,
         staging: str,
-        fs_type: str,
         request: csi_pb2.NodeStageVolumeRequest,
-        read_only: bool,
-    ) -> None:
+        access: req.Access,
+    ) -> str:
+        """Mount the device at the staging path, making a filesystem only on a blank
+        device; returns the filesystem type. A filesystem already there is used when
+        none was requested (e.g. a volume restored from an XFS snapshot)."""
+        requested = access.fs_type
         found = host_fs.probe_filesystem(device)
         if found is None:
-            if read_only:
+            if access.read_only:
                 raise errors.FailedPrecondition(
                     f"volume {request.volume_id} is blank and requested read-only: there is no "
                     "filesystem to mount and none can be made"
                 )
+            fs_type = requested or capabilities.DEFAULT_FILESYSTEM
             LOG.info("volume %s is blank; creating %s on %s", request.volume_id, fs_type, device)
             host_fs.make_filesystem(device, fs_type)
-        elif found != fs_type:
+        elif found in capabilities.FILESYSTEMS and requested in ("", found):
+            fs_type = found
+        else:
             raise errors.FailedPrecondition(
-                f"volume {request.volume_id} holds {found}, not the requested {fs_type}; "
-                "it is never reformatted"
+                f"volume {request.volume_id} holds {found}, not "
+                f"{requested or 'a supported filesystem'}; it is never reformatted"
             )
         options = list(request.volume_capability.mount.mount_flags)
-        if read_only:
+        if access.read_only:
             options.append("ro")
         host_fs.mount(device, staging, fs_type, options)
+        return fs_type
 
     @rpc.handler(lock=_volume_lock)
     def NodeUnstageVolume(
@@ -208,8 +238,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             )
         if not record["block"]:
             host_fs.unmount(record["staging_path"])
-        if record["loop"]:
-            host_fs.loop_detach(record["loop"])
+        loop = record["loop"]
+        if loop and host_fs.loop_backing_file(loop) == record.get("path"):
+            host_fs.loop_detach(loop)  # only while it still maps this volume's file
         storage.Connection.load(record["connection"]).detach()
         self.state.delete(request.volume_id)
         return csi_pb2.NodeUnstageVolumeResponse()
@@ -393,6 +424,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if record is None:
             raise errors.ObjectNotFound(f"volume {volume_id} is not staged on this node")
         path = os.path.abspath(volume_path)
-        if path != record["staging_path"] and path not in record["targets"]:
+        real = os.path.realpath(volume_path)
+        targets = {os.path.realpath(t) for t in record["targets"]} | set(record["targets"])
+        if record["staging_path"] not in (path, real) and not {path, real} & targets:
             raise errors.ObjectNotFound(f"volume {volume_id} is not staged or published at {path}")
         return record, path

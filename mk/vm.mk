@@ -62,6 +62,6 @@ $(VM_STAMP): $(STAMP) mk/vm.mk
 	touch $@
 
 # The runner prints its own wall time and a summary; this line adds the dependencies' share.
-test-vm: vm-deps
+test-vm: vm-deps csi-sanity
 	@start=$$(date +%s); status=0; $(BIN)/python e2e/vm/run.py $(VM_ARGS) || status=$$?; \
 	echo "make test-vm took $$(( $$(date +%s) - start ))s"; exit $$status

@@ -61,7 +61,10 @@ def newest_kernel(boot: Path = Path("/boot")) -> Path:
 
 def vng_command(args: argparse.Namespace, kernel: Path, results: Path) -> list[str]:
     """The whole guest run: vng under ``timeout -k`` so it ends even if we are gone."""
-    guest = ["bash", str(GUEST_SCRIPT), str(results), str(REPO), *args.pytest_args]
+    # The guest's HOME is a throw-away directory: name the host's csi-sanity binary.
+    sanity = os.environ.get("CSI_SANITY", "")
+    guest = ["env", f"CSI_SANITY={sanity}", "bash", str(GUEST_SCRIPT), str(results), str(REPO),
+             *args.pytest_args]  # fmt: skip
     command = [
         "timeout", "-k", str(KILL_GRACE), str(args.timeout),
         "vng", "--run", str(kernel), "--disable-kvm", "--cpus", str(args.cpus),

@@ -58,13 +58,17 @@ class Report:
 
 
 def binary() -> str:
+    """The csi-sanity make built. When make named it (CSI_SANITY) it must exist; a
+    plain pytest run without it skips these tests, saying how to get it."""
     path = os.environ.get("CSI_SANITY")
-    if not path:
-        found = sorted(glob.glob(os.path.expanduser("~/.cache/csi-driver/go-bin/csi-sanity-*")))
-        path = found[-1] if found else ""
-    if not path or not os.access(path, os.X_OK):
+    if path:
+        if not os.access(path, os.X_OK):
+            pytest.fail(f"CSI_SANITY={path} is not an executable csi-sanity")
+        return path
+    found = sorted(glob.glob(os.path.expanduser("~/.cache/csi-driver/go-bin/csi-sanity-*")))
+    if not found:
         pytest.skip("csi-sanity is not built: run through `make test` (or `make csi-sanity`)")
-    return path
+    return found[-1]
 
 
 def run(

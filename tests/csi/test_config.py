@@ -1,0 +1,268 @@
+"""csi_driver.config: defaults of a minimal file, and every refusal naming its key.
+
+A bad configuration must stop the plugin at start-up with the offending key path in
+the message (``backends[1].driver: missing``), so an admin can fix the file without
+reading code; these tests pin both the refusal and the key path it names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from csi_driver import config
+from csi_driver.config import ConfigError
+
+DRIVER = "csi_driver.storage.drivers.file.FileDriver"
+
+
+def backend(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "driver": DRIVER, **extra}
+
+
+def two_backends(**top: Any) -> dict[str, Any]:
+    return {"backends": [backend("first"), backend("second")], **top}
+
+
+def names_key(path: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern: the message starts with the key path."""
+    return "^" + re.escape(f"{path}:")
+
+
+# --- valid input ------------------------------------------------------------------------
+
+
+def test_minimal_config_gets_defaults() -> None:
+    cfg = config.from_dict(two_backends())
+
+    assert cfg.driver_name == config.DEFAULT_DRIVER_NAME
+    assert cfg.default_backend == "first"
+    assert [b.name for b in cfg.backends] == ["first", "second"]
+    assert cfg.backends[0].driver == DRIVER
+    assert dict(cfg.backends[0].options) == {}
+    assert cfg.backends[0].topology == ()
+    assert os.path.isabs(cfg.node.state_dir)
+    assert cfg.node.max_volumes == 0
+    assert cfg.node.multipath is False
+    assert cfg.host  # the machine's host name when the file gives none
+    assert not cfg.has_topology
+
+
+def test_empty_config_has_no_default_backend() -> None:
+    """No backends (a node-only process): nothing to default to, and that is valid."""
+    cfg = config.from_dict(None)
+
+    assert cfg.backends == ()
+    assert cfg.default_backend is None
+
+
+def test_relative_state_dir_is_made_absolute() -> None:
+    cfg = config.from_dict({"node": {"state_dir": "relative/node-state"}})
+
+    assert cfg.node.state_dir == os.path.abspath("relative/node-state")
+
+
+def test_explicit_values_are_kept() -> None:
+    cfg = config.from_dict(
+        two_backends(
+            driver_name="cinder.csi.example.org",
+            default_backend="second",
+            volume_types={"gold": {"extra_specs": {"tier": "gold", "replicas": 3}}},
+            node={
+                "max_volumes": 7,
+                "multipath": True,
+                "topology": {"topology.csi-driver.cinder/zone": "a"},
+            },
+        )
+    )
+
+    assert cfg.driver_name == "cinder.csi.example.org"
+    assert cfg.default_backend == "second"
+    assert cfg.node.max_volumes == 7
+    assert cfg.node.multipath is True
+    assert cfg.has_topology
+    # extra_specs values become strings, as Cinder stores them.
+    assert dict(cfg.volume_types["gold"]["extra_specs"]) == {"tier": "gold", "replicas": "3"}
+    assert dict(cfg.volume_types["gold"]["qos_specs"]) == {}
+
+
+# --- invalid input: each names its key -----------------------------------------------------
+
+INVALID: list[Any] = [
+    pytest.param(["a list"], "top level", id="top-level-not-mapping"),
+    pytest.param({"bogus": 1}, "bogus", id="unknown-top-level-key"),
+    pytest.param({"backends": {"first": {}}}, "backends", id="backends-not-list"),
+    pytest.param({"backends": ["first"]}, "backends[0]", id="backend-not-mapping"),
+    pytest.param(
+        {"backends": [backend("first"), {"name": "second"}]},
+        "backends[1].driver",
+        id="backend-driver-missing",
+    ),
+    pytest.param({"backends": [{"driver": DRIVER}]}, "backends[0].name", id="backend-name-missing"),
+    pytest.param({"backends": [backend("")]}, "backends[0].name", id="backend-name-empty"),
+    pytest.param(
+        {"backends": [backend("first", pool="x")]}, "backends[0].pool", id="backend-unknown-key"
+    ),
+    pytest.param(
+        {"backends": [backend("same"), backend("same")]}, "backends", id="duplicate-backend-names"
+    ),
+    pytest.param(
+        two_backends(default_backend="third"), "default_backend", id="default-backend-unknown"
+    ),
+    pytest.param(
+        {"default_backend": "first"}, "default_backend", id="default-backend-without-backends"
+    ),
+    pytest.param(
+        {"storage": {"output_all_backend_info": True}},
+        "storage.output_all_backend_info",
+        id="storage-output-all-backend-info",
+    ),
+    pytest.param(
+        {"storage": {"attach_only": True}}, "storage.attach_only", id="storage-attach-only"
+    ),
+    pytest.param({"storage": "sqlite"}, "storage", id="storage-not-mapping"),
+    pytest.param({"node": {"max_volumes": -1}}, "node.max_volumes", id="max-volumes-negative"),
+    pytest.param({"node": {"max_volumes": True}}, "node.max_volumes", id="max-volumes-bool"),
+    pytest.param({"node": {"max_volumes": "3"}}, "node.max_volumes", id="max-volumes-string"),
+    pytest.param({"node": {"max_volumes": 2.5}}, "node.max_volumes", id="max-volumes-float"),
+    pytest.param({"node": {"multipath": "yes"}}, "node.multipath", id="multipath-not-bool"),
+    pytest.param({"node": {"state_dir": ""}}, "node.state_dir", id="state-dir-empty"),
+    pytest.param({"node": {"zone": "a"}}, "node.zone", id="node-unknown-key"),
+    pytest.param(
+        {"node": {"topology": {"zone": 1}}},
+        "node.topology.zone",
+        id="node-topology-value-not-string",
+    ),
+    pytest.param({"driver_name": "-leading-dash"}, "driver_name", id="driver-name-leading-dash"),
+    pytest.param({"driver_name": "has space"}, "driver_name", id="driver-name-space"),
+    pytest.param({"driver_name": "a" * 64}, "driver_name", id="driver-name-too-long"),
+    pytest.param({"driver_name": 42}, "driver_name", id="driver-name-not-string"),
+    pytest.param({"driver_name": ""}, "driver_name", id="driver-name-empty"),
+    pytest.param(
+        {"volume_types": {"x": {"extra_specs": ["tier=gold"]}}},
+        "volume_types.x.extra_specs",
+        id="extra-specs-not-mapping",
+    ),
+    pytest.param(
+        {"volume_types": {"x": {"qos_specs": "fast"}}},
+        "volume_types.x.qos_specs",
+        id="qos-specs-not-mapping",
+    ),
+    pytest.param(
+        {"volume_types": {"x": {"extra": {}}}}, "volume_types.x.extra", id="volume-type-unknown-key"
+    ),
+    pytest.param(
+        {"backends": [backend("first", options={"volume_driver": DRIVER})]},
+        "backends[0].options.volume_driver",
+        id="options-volume-driver",
+    ),
+    pytest.param(
+        {"backends": [backend("first", options={"volume_backend_name": "x"})]},
+        "backends[0].options.volume_backend_name",
+        id="options-volume-backend-name",
+    ),
+    pytest.param(
+        {"backends": [backend("first", topology={"zone": "a"})]},
+        "backends[0].topology",
+        id="backend-topology-not-list",
+    ),
+    pytest.param(
+        {"backends": [backend("first", topology=["zone-a"])]},
+        "backends[0].topology[0]",
+        id="backend-topology-entry-not-mapping",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "key"), INVALID)
+def test_invalid_config_names_the_key(raw: Any, key: str) -> None:
+    with pytest.raises(ConfigError, match=names_key(key)):
+        config.from_dict(raw)
+
+
+def test_duplicate_backend_message_names_the_name() -> None:
+    with pytest.raises(ConfigError, match="'same' is used twice"):
+        config.from_dict({"backends": [backend("same"), backend("other"), backend("same")]})
+
+
+def test_config_error_is_a_value_error() -> None:
+    """Callers that catch ValueError (the CLI's start-up) see configuration errors too."""
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- load(path) ------------------------------------------------------------------------------
+
+
+def test_load_reads_a_valid_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "backends:\n"
+        f"  - name: only\n    driver: {DRIVER}\n"
+        "    options: {file_volumes_dir: /srv/volumes}\n"
+        "node:\n  state_dir: /var/lib/test-node\n  max_volumes: 4\n"
+    )
+    cfg = config.load(str(path))
+
+    assert cfg.default_backend == "only"
+    assert dict(cfg.backends[0].options) == {"file_volumes_dir": "/srv/volumes"}
+    assert cfg.node.state_dir == "/var/lib/test-node"
+    assert cfg.node.max_volumes == 4
+
+
+def test_load_of_an_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+
+    assert config.load(str(path)).driver_name == config.DEFAULT_DRIVER_NAME
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        pytest.param(
+            lambda d: d / "missing.yaml", "cannot read configuration file", id="missing-file"
+        ),
+        pytest.param(lambda d: d, "cannot read configuration file", id="a-directory"),
+        pytest.param(
+            lambda d: _write(d / "bad.yaml", "backends: [\n  - name: x\n"),
+            "is not valid YAML",
+            id="invalid-yaml",
+        ),
+        pytest.param(
+            lambda d: _write(d / "tabs.yaml", "node:\n\tmax_volumes: 1\n"),
+            "is not valid YAML",
+            id="yaml-with-tab-indent",
+        ),
+    ],
+)
+def test_load_refuses_unreadable_or_malformed_files(
+    make: Any, expected: str, tmp_path: Path
+) -> None:
+    path = make(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(expected)) as raised:
+        config.load(str(path))
+    assert str(path) in str(raised.value)
+
+
+def test_load_prefixes_the_file_to_the_key_path(tmp_path: Path) -> None:
+    path = _write(tmp_path / "config.yaml", "backends:\n  - name: x\n")
+
+    with pytest.raises(ConfigError) as raised:
+        config.load(str(path))
+    assert str(raised.value).startswith(f"{path}: backends[0].driver: missing")
+
+
+def test_load_refuses_a_yaml_scalar_document(tmp_path: Path) -> None:
+    path = _write(tmp_path / "config.yaml", "just a string\n")
+
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: top level: expected a mapping")):
+        config.load(str(path))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,68 @@
+"""The whole csi-sanity suite, Node specs included, on real kernel storage in the VM:
+LVM + LIO iSCSI (with CHAP) and Ceph RBD attached with krbd.
+
+The controller and the node run as separate plugin processes, as in a cluster: the
+node's config names no backend and no store, so every attach it makes comes from the
+serialized Connection in publish_context (iSCSI portal, IQN and CHAP credentials; RBD
+monitors and keyring).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from csi_support import plugin, sanity
+from vmcase import CEPH_POOL, PROTOCOLS, lvm_options, rbd_options
+
+#: Every spec but the listed skips passes; the whole suite has 103.
+MINIMUM_PASSED = 75
+
+
+def _backend(options: dict[str, Any]) -> dict[str, Any]:
+    options = dict(options)
+    name = options.pop("volume_backend_name")
+    return {"name": name, "driver": options.pop("volume_driver"), "options": options}
+
+
+def _run_split(tmp_path: Path, backend: dict[str, Any], results_dir: Path) -> sanity.Report:
+    controller_config = plugin.write_config(tmp_path, backends=[backend])
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    node_config = node_dir / "config.yaml"
+    node_config.write_text(
+        f"storage:\n  file_locks_path: {node_dir / 'locks'}\n"
+        f"node:\n  state_dir: {node_dir / 'state'}\n  max_volumes: 16\n"
+    )
+    try:
+        with (
+            plugin.running(controller_config, "controller", tmp_path) as controller,
+            plugin.running(node_config, "node", node_dir) as node,
+        ):
+            report = sanity.run(
+                tmp_path / "sanity", node.endpoint, controller_endpoint=controller.endpoint
+            )
+    finally:
+        for log in tmp_path.glob("*.log"):
+            (results_dir / f"sanity-{backend['name']}-{log.name}").write_bytes(log.read_bytes())
+        for log in node_dir.glob("*.log"):
+            (results_dir / f"sanity-{backend['name']}-node-{log.name}").write_bytes(
+                log.read_bytes()
+            )
+    return report
+
+
+def test_full_suite_on_lvm_iscsi(tmp_path: Path, results_dir: Path) -> None:
+    backend = _backend(lvm_options("sanity-lvm-iscsi", **PROTOCOLS["iscsi"]))
+    report = _run_split(tmp_path, backend, results_dir)
+    sanity.assert_clean(report, MINIMUM_PASSED)
+    assert plugin.leftovers(tmp_path) == []
+
+
+def test_full_suite_on_rbd_krbd(tmp_path: Path, results_dir: Path, ceph_cluster: Any) -> None:
+    backend = _backend(rbd_options("sanity-rbd", ceph_cluster))
+    report = _run_split(tmp_path, backend, results_dir)
+    sanity.assert_clean(report, MINIMUM_PASSED)
+    assert plugin.leftovers(tmp_path) == []
+    images = ceph_cluster.rbd("ls", CEPH_POOL).split()
+    assert [i for i in images if not i.endswith(".deleted")] == [], images
