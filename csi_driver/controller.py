@@ -273,9 +273,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not limit:
             return
         published = sum(
-            1 for v in storage.find_volumes() for c in v.connections
-            if c.connector.get(NODE_ID_PROPERTY) == node_id
-        )  # fmt: skip
+            1 for c in storage.find_connections() if c.connector.get(NODE_ID_PROPERTY) == node_id
+        )
         if published >= limit:
             raise errors.ResourceExhausted(
                 f"node {props.get('host')} already has {published} volume(s) published, its "
@@ -362,12 +361,17 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ListVolumesResponse:
         volumes = [v for v in storage.find_volumes() if v.status not in ("creating", "deleting")]
         page, token = _page(volumes, request.max_entries, request.starting_token)
+        nodes: dict[str, set[str]] = {}
+        for connection in storage.find_connections():  # one store read for the page
+            node = connection.connector.get(NODE_ID_PROPERTY)
+            if node:
+                nodes.setdefault(connection.volume_id, set()).add(node)
         return csi_pb2.ListVolumesResponse(
             entries=[
                 csi_pb2.ListVolumesResponse.Entry(
                     volume=self._volume_message(v),
                     status=csi_pb2.ListVolumesResponse.VolumeStatus(
-                        published_node_ids=_published_nodes(v)
+                        published_node_ids=sorted(nodes.get(v.id, ()))
                     ),
                 )
                 for v in page

@@ -22,7 +22,13 @@ from typing import Any
 
 from csi_driver.storage import serialization
 from csi_driver.storage.backend import Backend
-from csi_driver.storage.catalog import find_snapshots, find_volumes, get_snapshot, get_volume
+from csi_driver.storage.catalog import (
+    find_connections,
+    find_snapshots,
+    find_volumes,
+    get_snapshot,
+    get_volume,
+)
 from csi_driver.storage.connection import Connection
 from csi_driver.storage.exceptions import (
     AttachError,
@@ -43,8 +49,9 @@ from csi_driver.storage.volume import Volume
 __all__ = [
     "AttachError", "Backend", "BackendSetupError", "Connection", "DriverError",
     "InvalidArgument", "InvalidState", "NotFound", "NotSupported", "SerializationError",
-    "Snapshot", "StorageError", "StoreError", "Volume", "dump", "dumps", "find_snapshots",
-    "find_volumes", "get_snapshot", "get_volume", "json", "jsons", "load", "setup",
+    "Snapshot", "StorageError", "StoreError", "Volume", "dump", "dumps", "find_connections",
+    "find_snapshots", "find_volumes", "get_snapshot", "get_volume", "json", "jsons", "load",
+    "setup",
 ]  # fmt: skip
 
 

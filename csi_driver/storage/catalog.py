@@ -11,6 +11,7 @@ from typing import Any
 
 from csi_driver.storage import runtime
 from csi_driver.storage.backend import Backend
+from csi_driver.storage.connection import Connection
 from csi_driver.storage.exceptions import InvalidState, NotFound
 from csi_driver.storage.snapshot import Snapshot
 from csi_driver.storage.volume import Volume
@@ -58,5 +59,15 @@ def find_snapshots(name: str | None = None, volume_id: str | None = None) -> lis
     return [
         Snapshot(Backend.backends[r["backend"]], r)
         for r in sorted(records, key=lambda r: r["id"])
+        if r["backend"] in Backend.backends
+    ]
+
+
+def find_connections() -> list[Connection]:
+    """Every connection on configured backends, with one store read (their volumes
+    are loaded lazily, only if asked for)."""
+    return [
+        Connection(Backend.backends[r["backend"]], r)
+        for r in runtime.store().get_connections()
         if r["backend"] in Backend.backends
     ]

@@ -155,10 +155,11 @@ class Connection(Resource):
                 f"connection {self.id} is attached at {self.path} on {self.attached_host}; "
                 "detach it first"
             )
+        host = self.backend._host  # an attach-only process (a CSI node) stops here, by name
         volume = self.volume
         store = self._store()
         others = [c for c in store.get_connections(volume_id=volume.id) if c["id"] != self.id]
-        updates = self.backend._host.disconnect(volume._data, self._data, others, force=force)
+        updates = host.disconnect(volume._data, self._data, others, force=force)
         if updates:
             volume._update(**updates)
             volume._save()
