@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -140,30 +140,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             )
 
     def _source_snapshot(self, snapshot_id: str, backend: str) -> Snapshot:
-        try:
-            snapshot = storage.get_snapshot(snapshot_id)
-        except NotFound:
-            raise errors.ObjectNotFound(f"source snapshot {snapshot_id} does not exist") from None
-        if snapshot.backend_name != backend:
-            raise errors.InvalidRequest(
-                f"source snapshot {snapshot_id} is on backend {snapshot.backend_name!r}; a volume "
-                f"from it must be created there, not on {backend!r}"
-            )
+        snapshot = _source(storage.get_snapshot, "snapshot", snapshot_id, backend)
         if snapshot.status != "available":
             raise errors.FailedPrecondition(f"source snapshot {snapshot_id} is {snapshot.status}")
         return snapshot
 
     def _source_volume(self, volume_id: str, backend: str) -> Volume:
-        try:
-            volume = storage.get_volume(volume_id)
-        except NotFound:
-            raise errors.ObjectNotFound(f"source volume {volume_id} does not exist") from None
-        if volume.backend_name != backend:
-            raise errors.InvalidRequest(
-                f"source volume {volume_id} is on backend {volume.backend_name!r}; its clone "
-                f"must be created there, not on {backend!r}"
-            )
-        return volume
+        return _source(storage.get_volume, "volume", volume_id, backend)
 
     def _volume_message(
         self, volume: Volume, source: csi_pb2.VolumeContentSource | None = None
@@ -234,9 +217,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ControllerPublishVolumeResponse:
         req.require(request.volume_id, "volume_id")
         req.require(request.node_id, "node_id")
-        if not request.HasField("volume_capability"):
-            raise errors.InvalidRequest("volume_capability is required")
-        access = req.check_capabilities([request.volume_capability], "volume_capability")
+        access = req.single_capability(request)
         volume = self._volume(request.volume_id)
         props = self._node_properties(request.node_id)
         if access.multi_node and not volume.multiattach:
@@ -493,6 +474,22 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             ],
             next_token=token,
         )
+
+
+def _source(lookup: Callable[[str], T], kind: str, object_id: str, backend: str) -> T:
+    """A content source of CreateVolume: it must exist, on the backend the new volume
+    goes to (drivers copy data only within their own backend)."""
+    try:
+        found = lookup(object_id)
+    except NotFound:
+        raise errors.ObjectNotFound(f"source {kind} {object_id} does not exist") from None
+    where = found.backend_name  # type: ignore[attr-defined]
+    if where != backend:
+        raise errors.InvalidRequest(
+            f"source {kind} {object_id} is on backend {where!r}; a volume made from it must "
+            f"be created there, not on {backend!r}"
+        )
+    return found
 
 
 def _int64(value: int) -> wrappers_pb2.Int64Value:

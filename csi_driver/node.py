@@ -80,9 +80,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeStageVolumeResponse:
         req.require(request.volume_id, "volume_id")
         req.require(request.staging_target_path, "staging_target_path")
-        if not request.HasField("volume_capability"):
-            raise errors.InvalidRequest("volume_capability is required")
-        access = req.check_capabilities([request.volume_capability], "volume_capability")
+        access = req.single_capability(request)
         data = request.publish_context.get(CONNECTION_KEY)
         if not data:
             raise errors.InvalidRequest(
@@ -253,9 +251,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         req.require(request.volume_id, "volume_id")
         req.require(request.staging_target_path, "staging_target_path")
         req.require(request.target_path, "target_path")
-        if not request.HasField("volume_capability"):
-            raise errors.InvalidRequest("volume_capability is required")
-        access = req.check_capabilities([request.volume_capability], "volume_capability")
+        access = req.single_capability(request)
         record = self._record(request.volume_id)
         if record is None or record["staging_path"] != os.path.realpath(
             request.staging_target_path

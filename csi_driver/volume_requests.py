@@ -96,6 +96,13 @@ def check_capabilities(
     )
 
 
+def single_capability(request: Any) -> Access:
+    """The REQUIRED ``volume_capability`` of a publish or stage request, checked."""
+    if not request.HasField("volume_capability"):
+        raise errors.InvalidRequest("volume_capability is required")
+    return check_capabilities([request.volume_capability], "volume_capability")
+
+
 def unsupported(cap: csi_pb2.VolumeCapability) -> str | None:
     """Why one capability cannot be served, or None when it can."""
     kind = cap.WhichOneof("access_type")
