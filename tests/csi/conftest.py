@@ -1,7 +1,9 @@
 """One real plugin process (``--mode all``, FileDriver + SQLite) shared by a test
 module, with stubs for its three services, plus request builders.
 
-The backend ``chap`` uses the deliberate fake ``fault_injection.ChapSecretInjectingFileDriver``
+The backend ``faulty`` (``fault_injection.FaultInjectingFileDriver``, a fake on
+purpose) fails every create_volume, to see how a driver failure reaches the CO. The
+backend ``chap`` uses the deliberate fake ``fault_injection.ChapSecretInjectingFileDriver``
 (tests/storage/fault_injection.py) so that connections carry CHAP credentials, as an
 iSCSI backend's do, and a configured ``chap_password`` is set: the log tests check
 neither ever reaches the plugin's log. Request builders live in
@@ -38,6 +40,14 @@ def csi_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
             plugin.file_backend(
                 root / "volumes", name="zoned", topology=[{"topology.csi-driver.cinder/zone": "a"}]
             ),
+            {
+                "name": "faulty",
+                "driver": "fault_injection.FaultInjectingFileDriver",
+                "options": {
+                    "file_volumes_dir": str(root / "volumes" / "faulty"),
+                    "fault_inject_operations": ["create_volume"],
+                },
+            },
             {
                 "name": "chap",
                 "driver": "fault_injection.ChapSecretInjectingFileDriver",

@@ -426,6 +426,21 @@ def test_validate_volume_capabilities(csi_plugin: Plugin) -> None:
     assert call_code(lambda: ctl.ValidateVolumeCapabilities(unknown)) == Code.NOT_FOUND
 
 
+def test_a_driver_failure_is_internal_with_its_message_and_request_id(csi_plugin: Plugin) -> None:
+    name = unique("faulty")
+    with pytest.raises(grpc.RpcError) as caught:
+        csi_plugin.controller.CreateVolume(create_request(name, parameters={"backend": "faulty"}))
+    assert caught.value.code() == Code.INTERNAL
+    details = caught.value.details() or ""
+    assert "injected fault" in details and "create_volume" in details, details
+    request_id = details.rsplit("request id ", 1)[1].rstrip(")")
+    log = csi_plugin.log()
+    assert f"[{request_id}] CreateVolume failed -> INTERNAL" in log
+    assert "Traceback" in log.split(f"[{request_id}] CreateVolume failed", 1)[1][:5000]
+    listed = csi_plugin.controller.ListVolumes(csi_pb2.ListVolumesRequest()).entries
+    assert all(e.volume.volume_context["backend"] != "faulty" for e in listed), "no record left"
+
+
 def test_request_ids_and_failures_reach_the_log(csi_plugin: Plugin) -> None:
     call_code(lambda: csi_plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest()))
     log = csi_plugin.log()
