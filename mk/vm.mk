@@ -8,9 +8,10 @@
 
 # Host side: qemu and the kernel the guest boots. Guest side (the same root filesystem,
 # shared read-only): LVM with thin pools, LIO (targetcli for debugging), the iSCSI and
-# NVMe initiators, udev, the system bus, sudo for the privsep-helper test.
+# NVMe initiators, udev, the system bus, sudo for the privsep-helper test, lsscsi (os-brick's
+# iSCSI rescan after a volume grows runs it: NodeExpandVolume).
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 kmod iproute2 lvm2 thin-provisioning-tools \
-	targetcli-fb open-iscsi nvme-cli busybox-static udev dbus sudo
+	targetcli-fb open-iscsi nvme-cli busybox-static udev dbus sudo lsscsi
 # virtme-ng boots the kernel; rtslib-fb is what cinder-rtstool (lioadm) drives LIO with.
 VM_PIP_PACKAGES := virtme-ng==1.42 argcomplete==3.7.2 rtslib-fb==2.2.4
 
