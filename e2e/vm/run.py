@@ -179,7 +179,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="directory for junit.xml, guest.log, dmesg.log (emptied first)",
     )
     # The whole of tests/vm takes ~430 s here (~110 s of it the krbd test with its cluster).
-    parser.add_argument("--timeout", type=int, default=900, help="whole run, seconds")
+    parser.add_argument("--timeout", type=int, default=2400, help="whole run, seconds")
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--kernel", type=Path, help="default: newest /boot/vmlinuz-*")
