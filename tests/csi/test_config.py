@@ -263,6 +263,20 @@ def test_load_refuses_a_yaml_scalar_document(tmp_path: Path) -> None:
         config.load(str(path))
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_configurations_are_valid() -> None:
+    """`make run`'s embedded default and the documented example load as they are."""
+    embedded = config.load(str(REPO / "config" / "embedded.yaml"))
+    assert [b.name for b in embedded.backends] == ["embedded"]
+    assert embedded.backends[0].driver == "csi_driver.storage.drivers.file.FileDriver"
+    example = config.load(str(REPO / "config" / "example.yaml"))
+    assert example.default_backend == "lvm"
+    assert {b.name for b in example.backends} == {"lvm", "ceph"}
+    assert example.has_topology and "gold" in example.volume_types
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
