@@ -154,17 +154,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         loop devices and attachments, but not the record)."""
         if not host_fs.is_block_device(record["device"]):
             return False
-        if record["loop"] and host_fs.loop_backing_file(record["loop"]) != record.get("path"):
+        if record["loop"] and not _owns_loop(record):
             return False
         return record["block"] or host_fs.is_mounted(record["staging_path"])
 
     def _drop_stale(self, record: dict[str, Any]) -> None:
         """Forget a stage that no longer exists, releasing only what is still ours."""
-        loop = record["loop"]
-        if loop and host_fs.loop_backing_file(loop) == record.get("path"):
-            host_fs.loop_detach(loop)
-        if not record["block"]:
-            host_fs.unmount(record["staging_path"])
+        _release_on_host(record)
         self.state.delete(record["volume_id"])
 
     def _already_staged(
@@ -234,11 +230,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 f"volume {request.volume_id} is still published at {', '.join(published)}; "
                 "NodeUnpublishVolume it first"
             )
-        if not record["block"]:
-            host_fs.unmount(record["staging_path"])
-        loop = record["loop"]
-        if loop and host_fs.loop_backing_file(loop) == record.get("path"):
-            host_fs.loop_detach(loop)  # only while it still maps this volume's file
+        _release_on_host(record)
         storage.Connection.load(record["connection"]).detach()
         self.state.delete(request.volume_id)
         return csi_pb2.NodeUnstageVolumeResponse()
@@ -425,3 +417,18 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if record["staging_path"] not in (path, real) and not {path, real} & targets:
             raise errors.ObjectNotFound(f"volume {volume_id} is not staged or published at {path}")
         return record, path
+
+
+def _owns_loop(record: dict[str, Any]) -> bool:
+    """Whether the recorded loop device still maps this volume's file (after a reboot
+    the same /dev/loopN may back another volume)."""
+    return host_fs.loop_backing_file(record["loop"]) == record.get("path")
+
+
+def _release_on_host(record: dict[str, Any]) -> None:
+    """Undo the host side of a stage: the staging mount, then the loop device while it
+    is still this volume's (the os-brick detach is the caller's)."""
+    if not record["block"]:
+        host_fs.unmount(record["staging_path"])
+    if record["loop"] and _owns_loop(record):
+        host_fs.loop_detach(record["loop"])
