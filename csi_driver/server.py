@@ -124,20 +124,22 @@ def setup_storage(config: PluginConfig, mode: str) -> list[storage.Backend]:
     return started
 
 
-def build_server(config: PluginConfig, mode: str, max_workers: int = 10) -> grpc.Server:
-    """A gRPC server with the services of the mode registered (not started)."""
+def build_server(
+    config: PluginConfig, mode: str, max_workers: int = 10
+) -> tuple[grpc.Server, futures.ThreadPoolExecutor]:
+    """A gRPC server with the services of the mode registered (not started), and its
+    worker pool, which gRPC does not shut down itself."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="csi")
     server = grpc.server(executor)
-    server.csi_executor = executor  # type: ignore[attr-defined] - shut down by serve()
     controller = mode in ("controller", "all")
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config), server)
     if controller:
         csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(config), server)
     if mode in ("node", "all"):
         csi_pb2_grpc.add_NodeServicer_to_server(NodeService(config), server)
-    return server
+    return server, executor
 
 
 def listen(server: grpc.Server, endpoint: Endpoint) -> None:
@@ -158,7 +160,7 @@ def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then let in-flight calls finish and clean up."""
     backends = setup_storage(config, mode)
-    server = build_server(config, mode)
+    server, executor = build_server(config, mode)
     stop = threading.Event()
     try:
         listen(server, endpoint)
@@ -174,7 +176,7 @@ def serve(
         server.stop(GRACE_SECONDS).wait()
     finally:
         server.stop(0)
-        server.csi_executor.shutdown(wait=True, cancel_futures=True)  # type: ignore[attr-defined]
+        executor.shutdown(wait=True, cancel_futures=True)
         for backend in backends:
             backend.close()
         if endpoint.scheme == "unix" and os.path.exists(endpoint.address):
