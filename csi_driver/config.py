@@ -57,6 +57,10 @@ class NodeConfig:
     multipath: bool = False
     #: IP address advertised to drivers in the node's connector properties.
     my_ip: str | None = None
+    #: Directories whose files and block devices a ``local`` connection may name (the
+    #: FileDriver's volumes). Empty by default: a node attaches no host path unless told.
+    #: In ``--mode all`` the FileDriver backends' ``file_volumes_dir`` are added.
+    local_roots: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +76,32 @@ class PluginConfig:
     #: StorageClass ``volume_type`` values -> Cinder volume type (extra_specs, qos_specs).
     volume_types: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
+    #: File holding the key the controller signs publish_context with and the node
+    #: checks it with (HMAC-SHA256); the first line signs, every line verifies (rotation).
+    #: None: unsigned, and the node trusts whatever publish_context it is handed.
+    signing_key_file: str | None = None
+    #: Seconds in-flight calls get after SIGTERM; the process exits at this bound even
+    #: if a driver call still runs (its record says what was in flight).
+    shutdown_grace_seconds: float = 20.0
+    #: Seconds between reconciler runs (controller): operations left half-done by a crash
+    #: that no CO retries are finished or rolled back. It also runs at start-up.
+    reconcile_interval_seconds: float = 60.0
 
     def backend(self, name: str) -> BackendConfig | None:
         return next((b for b in self.backends if b.name == name), None)
+
+    def local_roots(self, mode: str) -> tuple[str, ...]:
+        """Where a node in ``mode`` may find a ``local`` connection's device: the
+        configured roots, plus in ``all`` mode the FileDriver backends' directories
+        (controller and node share the host, so its volume files are local)."""
+        roots = list(self.node.local_roots)
+        if mode == "all":
+            roots += [
+                os.path.abspath(str(b.options["file_volumes_dir"]))
+                for b in self.backends
+                if b.options.get("file_volumes_dir")
+            ]
+        return tuple(dict.fromkeys(roots))
 
     @property
     def has_topology(self) -> bool:
@@ -123,6 +150,9 @@ def from_dict(raw: Any) -> PluginConfig:
         default = backends[0].name
     if default is not None and default not in names:
         raise ConfigError(f"default_backend: {default!r} is not one of the backends {names}")
+    signing_key_file = data.get("signing_key_file")
+    if signing_key_file is not None:
+        signing_key_file = os.path.abspath(_string(signing_key_file, "signing_key_file"))
     volume_types = {
         _string(name, "volume_types key"): _volume_type(spec, f"volume_types.{name}")
         for name, spec in _mapping(data.get("volume_types", {}), "volume_types").items()
@@ -135,6 +165,9 @@ def from_dict(raw: Any) -> PluginConfig:
         default_backend=default,
         volume_types=MappingProxyType(volume_types),
         node=_node(data.get("node", {})),
+        signing_key_file=signing_key_file,
+        shutdown_grace_seconds=_seconds(data, "shutdown_grace_seconds", 20.0),
+        reconcile_interval_seconds=_seconds(data, "reconcile_interval_seconds", 60.0),
     )
 
 
@@ -176,13 +209,27 @@ def _node(raw: Any) -> NodeConfig:
     if my_ip is not None:
         _string(my_ip, "node.my_ip")
     state_dir = _string(data.get("state_dir", NodeConfig.state_dir), "node.state_dir")
+    local_roots = []
+    for i, root in enumerate(_list(data.get("local_roots"), "node.local_roots")):
+        where = f"node.local_roots[{i}]"
+        if not os.path.isabs(_string(root, where)) or "\0" in root:
+            raise ConfigError(f"{where}: {root!r} is not an absolute path")
+        local_roots.append(os.path.normpath(root))
     return NodeConfig(
         state_dir=os.path.abspath(state_dir),
         topology=_segment(data.get("topology", {}), "node.topology"),
         max_volumes=max_volumes,
         multipath=multipath,
         my_ip=my_ip,
+        local_roots=tuple(local_roots),
     )
+
+
+def _seconds(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
+        raise ConfigError(f"{key}: {value!r} is not a number of seconds above 0 (below a day)")
+    return float(value)
 
 
 def _volume_type(raw: Any, where: str) -> Mapping[str, Any]:
