@@ -17,23 +17,25 @@ import grpc
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from csi_driver import capabilities, errors, node_identity, rpc, storage
+from csi_driver import publish_context as context_doc
 from csi_driver import volume_requests as req
 from csi_driver.config import PluginConfig
 from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
-from csi_driver.storage import Connection, NotFound, Snapshot, Volume
+from csi_driver.reconciler import Reconciler
+from csi_driver.storage import Connection, NotFound, Snapshot, Volume, recovery
 
 LOG = logging.getLogger(__name__)
 GiB = req.GiB
-#: publish_context key holding the serialized Connection (its ``jsons`` form).
-CONNECTION_KEY = "connection"
+CONNECTION_KEY = context_doc.CONNECTION_KEY
 #: Volume metadata recording how the volume was requested, for idempotent retries.
 ACCESS_KEY = "csi.access_type"
 #: Connector property carrying the CSI node id, so published_node_ids can be listed.
 NODE_ID_PROPERTY = "csi_node_id"
 #: The spec's limit for a map field such as publish_context.
 MAP_LIMIT = 4096
-#: Statuses of a volume or snapshot that a failed or interrupted operation left.
-BROKEN = ("error", "creating", "error_deleting", "deleting")
+#: Statuses of a volume or snapshot that a failed operation left (an interrupted one
+#: leaves a transitional status, which ``storage.recovery`` heals).
+FAILED = ("error", "error_deleting")
 
 T = TypeVar("T")
 
@@ -42,6 +44,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
         self.inflight = rpc.InFlightLocks()
+        self.keys = context_doc.load(config.signing_key_file) if config.signing_key_file else None
+        self.reconciler = Reconciler(self.inflight, config.reconcile_interval_seconds)
 
     # -- volumes ------------------------------------------------------------------
     @rpc.handler(lock=lambda r: [f"volume-name:{r.name}"] if r.name else [])
@@ -64,11 +68,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         backend = storage.Backend.backends[backend_cfg.name]
         access_type = "block" if access.block else "mount"
 
-        for existing in storage.find_volumes(request.name):
-            if existing.status in BROKEN:
-                LOG.warning("volume %s (%s) was left %s by an earlier attempt; replacing it",
-                            existing.id, request.name, existing.status)  # fmt: skip
-                existing.delete()
+        for found in storage.find_volumes(request.name):
+            with self.inflight.hold([f"volume:{found.id}"]):
+                existing = self._settled_volume(found, replace_failed=True)
+            if existing is None:
                 continue
             self._check_same_volume(existing, request, backend_cfg.name, volume_type, access)
             return csi_pb2.CreateVolumeResponse(volume=self._volume_message(existing, source))
@@ -171,9 +174,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        volume = _optional(storage.get_volume, request.volume_id)
+        found = _optional(storage.get_volume, request.volume_id)
+        volume = self._settled_volume(found) if found is not None else None
         if volume is None:
             return csi_pb2.DeleteVolumeResponse()  # gone already: success, as the spec says
+        self._settle_dependents(volume)
+        volume = storage.get_volume(volume.id)  # what is left, read again
         if connections := volume.connections:
             nodes = sorted({c.connector.get(NODE_ID_PROPERTY) or c.attached_host or "?"
                             for c in connections})  # fmt: skip
@@ -205,10 +211,41 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         )
 
     def _volume(self, volume_id: str) -> Volume:
+        """The volume, with an operation an earlier process left half-done healed first
+        (the caller holds ``volume:<id>``); NOT_FOUND when it does not exist (any more)."""
         try:
-            return storage.get_volume(volume_id)
+            found = storage.get_volume(volume_id)
         except NotFound:
             raise errors.ObjectNotFound(f"volume {volume_id} does not exist") from None
+        volume = self._settled_volume(found)
+        if volume is None:
+            raise errors.ObjectNotFound(f"volume {volume_id} does not exist")
+        return volume
+
+    @staticmethod
+    def _settled_volume(volume: Volume, replace_failed: bool = False) -> Volume | None:
+        """``volume`` at rest: an interrupted operation finished or undone (None when
+        that removed it), and with ``replace_failed`` a failed volume deleted (a
+        CreateVolume retry then makes a new one)."""
+        if recovery.is_interrupted(volume):
+            return recovery.heal_volume(volume)
+        if replace_failed and volume.status in FAILED:
+            LOG.warning("volume %s (%s) was left %s by an earlier attempt; replacing it",
+                        volume.id, volume.name, volume.status)  # fmt: skip
+            volume.delete()
+            return None
+        return volume
+
+    def _settle_dependents(self, volume: Volume) -> None:
+        """Heal the volume's snapshots and connections that an interrupted operation
+        left (a snapshot stuck 'creating' would otherwise block DeleteVolume forever)."""
+        for snapshot in storage.find_snapshots(volume_id=volume.id):
+            if recovery.is_interrupted(snapshot):
+                with self.inflight.hold([f"snapshot:{snapshot.id}"]):
+                    recovery.heal_snapshot(snapshot)
+        for connection in list(volume.connections):
+            if recovery.is_interrupted(connection):
+                recovery.heal_connection(connection)
 
     # -- publishing -----------------------------------------------------------------
     @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])
@@ -226,8 +263,17 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 "with a multi-node access mode"
             )
         mode = "ro" if request.readonly or access.read_only else "rw"
-        for connection in volume.connections:
-            if connection.connector.get(NODE_ID_PROPERTY) == request.node_id:
+        for connection in list(volume.connections):
+            here = connection.connector.get(NODE_ID_PROPERTY) == request.node_id
+            if connection.status == "disconnecting" or (
+                connection.status == "connecting" and here and connection.attach_mode != mode
+            ):
+                recovery.heal_connection(connection)  # an interrupted unpublish: finish it
+                continue
+            if here:
+                if connection.status == "connecting":  # an interrupted publish: finish it
+                    connection = recovery.heal_connection(connection, finish_connect=True)
+                    return self._publish_response(connection)
                 if connection.attach_mode != mode:
                     raise errors.AlreadyExists(
                         f"volume {volume.id} is already published to this node "
@@ -271,14 +317,19 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def _publish_response(self, connection: Connection) -> csi_pb2.ControllerPublishVolumeResponse:
         # The connection alone (its volume not loaded): what the node needs, nothing more.
         data = connection.backend.get_connection(connection.id).jsons
-        if len(CONNECTION_KEY) + len(data.encode()) > MAP_LIMIT:
+        publish_context = {CONNECTION_KEY: data}
+        if self.keys is not None:
+            publish_context[context_doc.SIGNATURE_KEY] = self.keys.sign(data)
+        size = sum(len(k) + len(v.encode()) for k, v in publish_context.items())
+        if size > MAP_LIMIT:
             raise errors.ResourceExhausted(
-                f"the serialized connection of volume {connection.volume_id} is "
-                f"{len(data.encode())} bytes, over the {MAP_LIMIT}-byte publish_context limit"
+                f"the publish_context of volume {connection.volume_id} (its serialized "
+                f"connection{' and signature' if self.keys else ''}) is {size} bytes, over "
+                f"the {MAP_LIMIT}-byte limit"
             )
-        LOG.info("volume %s: publish_context of %d bytes (%s)", connection.volume_id,
-                 len(data.encode()), connection.protocol)  # fmt: skip
-        return csi_pb2.ControllerPublishVolumeResponse(publish_context={CONNECTION_KEY: data})
+        LOG.info("volume %s: publish_context of %d bytes (%s%s)", connection.volume_id, size,
+                 connection.protocol, ", signed" if self.keys else "")  # fmt: skip
+        return csi_pb2.ControllerPublishVolumeResponse(publish_context=publish_context)
 
     @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])
     def ControllerUnpublishVolume(
@@ -419,19 +470,25 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if unknown:
             raise errors.InvalidRequest(f"unknown snapshot parameter {unknown[0]!r}")
         for existing in storage.find_snapshots(name=request.name):
+            if recovery.is_interrupted(existing):  # undo or finish it, then judge the name
+                keys = [f"snapshot:{existing.id}", f"volume:{existing.volume_id}"]
+                with self.inflight.hold(keys):
+                    recovery.heal_snapshot(existing)
+                continue
             if existing.volume_id != request.source_volume_id:
                 raise errors.AlreadyExists(
                     f"snapshot {request.name!r} exists ({existing.id}) of another volume "
                     f"({existing.volume_id})"
                 )
-            if existing.status in BROKEN:
+            if existing.status in FAILED:
                 LOG.warning("snapshot %s (%s) was left %s by an earlier attempt; replacing it",
                             existing.id, request.name, existing.status)  # fmt: skip
-                existing.delete()
+                with self.inflight.hold([f"snapshot:{existing.id}"]):
+                    existing.delete()
                 continue
             return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot_message(existing))
-        volume = self._volume(request.source_volume_id)
-        with self.inflight.hold([f"volume:{volume.id}"]):
+        with self.inflight.hold([f"volume:{request.source_volume_id}"]):
+            volume = self._volume(request.source_volume_id)
             snapshot = volume.create_snapshot(name=request.name)
         return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot_message(snapshot))
 
@@ -441,6 +498,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.DeleteSnapshotResponse:
         req.require(request.snapshot_id, "snapshot_id")
         snapshot = _optional(storage.get_snapshot, request.snapshot_id)
+        if snapshot is not None and recovery.is_interrupted(snapshot):
+            snapshot = recovery.heal_snapshot(snapshot)  # 'deleting': this finishes it
         if snapshot is not None:
             snapshot.delete()
         return csi_pb2.DeleteSnapshotResponse()

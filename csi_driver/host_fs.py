@@ -22,6 +22,8 @@ import subprocess
 import threading
 from typing import Any
 
+from csi_driver.storage import crash_points
+
 LOG = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0
@@ -143,17 +145,30 @@ def _same_backing(entry: dict[str, Any], path: str, st: os.stat_result) -> bool:
     return same_inode or entry.get("back-file") == path
 
 
+def loop_find(file_path: str) -> str | None:
+    """The loop device that maps all of this file (compared by inode, so a path reached
+    through a symlink matches), None when no loop device does."""
+    path = os.path.realpath(file_path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for entry in sorted(_loop_devices(), key=lambda e: str(e.get("name"))):
+        if _same_backing(entry, path, st):
+            return str(entry["name"])
+    return None
+
+
 def loop_attach(file_path: str) -> str:
     """Map a regular file to a loop device and return the device; reuse the device that
     already maps this exact file so that retries never stack loop devices."""
     path = os.path.realpath(file_path)
     if not is_regular_file(path):
         raise HostError(f"cannot attach {file_path} to a loop device: not an existing regular file")
-    st = os.stat(path)
     with _loop_lock:
-        for entry in sorted(_loop_devices(), key=lambda e: str(e.get("name"))):
-            if _same_backing(entry, path, st):
-                return str(entry["name"])
+        existing = loop_find(path)
+        if existing is not None:
+            return existing
         proc = _run(["losetup", "--find", "--show", "--direct-io=off", path], path)
     device = proc.stdout.strip()
     if not device.startswith("/dev/"):
@@ -251,12 +266,16 @@ def probe_filesystem(device: str) -> str | None:
     )
 
 
-def make_filesystem(device: str, fstype: str, options: list[str] | None = None) -> None:
+def make_filesystem(
+    device: str, fstype: str, options: list[str] | None = None, redo_own: bool = False
+) -> None:
     """Create a filesystem on a device that blkid -p proves blank, never over existing data.
 
     The probe repeats here (defence in depth) because mkfs.ext4 without a terminal does not
     ask before overwriting. NotBlank is raised if anything is found, HostError if the
-    probe cannot tell.
+    probe cannot tell. ``redo_own`` is for the one case where the caller's own records
+    prove that what is on the device is its own unfinished mkfs of a blank device (a
+    crash interrupted it before anything was mounted): that is overwritten.
     """
     if fstype not in SUPPORTED_FILESYSTEMS:
         raise HostError(
@@ -264,17 +283,19 @@ def make_filesystem(device: str, fstype: str, options: list[str] | None = None) 
             f"{', '.join(SUPPORTED_FILESYSTEMS)}"
         )
     found = probe_filesystem(device)
-    if found is not None:
+    if found is not None and not redo_own:
         raise NotBlank(f"refusing to format {device} as {fstype}: blkid -p found {found} on it")
     extra = list(options or [])
     if fstype == "xfs":
-        # No -f: mkfs.xfs then refuses existing signatures on its own as well.
-        args = ["mkfs.xfs", "-q", *extra, device]
+        # No -f unless redoing our own: mkfs.xfs then refuses existing signatures as well.
+        args = ["mkfs.xfs", "-q", *(["-f"] if found is not None else []), *extra, device]
     else:
-        # -F only skips mke2fs's questions about whole devices; the device was just
-        # proven blank above.
+        # -F only skips mke2fs's questions about whole devices (and, with redo_own, about
+        # our own unfinished filesystem); the device was just proven blank above.
         args = [f"mkfs.{fstype}", "-F", "-q", *extra, device]
-    LOG.info("formatting %s: %s", device, " ".join(args))
+    LOG.info("formatting %s: %s%s", device, " ".join(args),
+             f" (over {found} left by an interrupted stage)" if found else "")  # fmt: skip
+    crash_points.run_killed_midway(args, "node_stage.during-mkfs")
     _run(args, device, timeout=LONG_TIMEOUT)
 
 
@@ -330,6 +351,47 @@ def mountinfo(path: str) -> dict[str, Any] | None:
     return found
 
 
+def device_number(device: str) -> int | None:
+    """The device number (st_rdev) of a block device, None if path is not one."""
+    try:
+        st = os.stat(device)
+    except OSError:
+        return None
+    return st.st_rdev if stat.S_ISBLK(st.st_mode) else None
+
+
+def mounted_from(path: str, device: str, block: bool) -> bool:
+    """Whether the top mount on ``path`` shows ``device``: for a filesystem the mount's
+    files live on it (st_dev), for a raw block bind the mounted node is it (st_rdev).
+
+    This is how the node tells its own mounts from anything else mounted at a path the
+    CO names, before it unmounts or mounts over it.
+    """
+    number = device_number(device)
+    if number is None or not is_mounted(path):
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if block:
+        return stat.S_ISBLK(st.st_mode) and st.st_rdev == number
+    return st.st_dev == number
+
+
+def canonical_target(path: str) -> str:
+    """A CO-given mount target made canonical: its parent resolved (symlinks and '..'),
+    its own name kept. A target that is itself a symlink is refused: mounting or
+    removing through it would act on wherever it points."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if not name or name in (".", ".."):
+        raise HostError(f"{path} names no file or directory to use as a mount target")
+    target = os.path.join(os.path.realpath(parent), name)
+    if os.path.islink(target):
+        raise HostError(f"refusing to use {path} as a mount target: it is a symbolic link")
+    return target
+
+
 def is_mounted(path: str) -> bool:
     """Whether something is mounted on path itself (not merely on a parent directory)."""
     return mountinfo(path) is not None
@@ -358,7 +420,7 @@ def bind_mount(source: str, target: str, read_only: bool = False) -> None:
     _run(["mount", "--bind", source, target], f"{source} -> {target}")
     if read_only:
         try:
-            _run(["mount", "-o", "remount,bind,ro", target], target)
+            remount_read_only(target)
         except HostError:
             try:
                 _run(["umount", target], target)
@@ -366,6 +428,17 @@ def bind_mount(source: str, target: str, read_only: bool = False) -> None:
                 LOG.error("could not undo writable bind mount on %s: %s", target, undo)
             raise
     LOG.info("bind-mounted %s on %s%s", source, target, " read-only" if read_only else "")
+
+
+def is_read_only(path: str) -> bool:
+    """Whether the top mount on path is read-only (its per-mount options)."""
+    entry = mountinfo(path)
+    return entry is not None and "ro" in entry["mount_options"]
+
+
+def remount_read_only(target: str) -> None:
+    """Make a bind mount read-only (the second half of a read-only ``bind_mount``)."""
+    _run(["mount", "-o", "remount,bind,ro", target], target)
 
 
 def unmount(target: str) -> None:

@@ -2,10 +2,20 @@
 devices, mount, bind-publish, expand and report.
 
 Everything the node needs arrives in ``publish_context``: the serialized Connection
-(``connection.jsons`` from the storage library). It is rebuilt with
-``storage.Connection.load`` and attached with os-brick; the node never reads the
-metadata store and holds no backend credentials. What it staged is recorded in a
-node-local ``NodeState`` so unstage can detach after a restart.
+(``connection.jsons`` from the storage library), signed by the controller when a key
+is configured (``node_trust`` checks it). It is attached with os-brick; the node never
+reads the metadata store and holds no backend credentials.
+
+The node acts only on what it can prove is its own. What it stages and publishes is
+recorded in a node-local ``NodeState`` *before* it acts (state ``staging`` /
+``publishing``) and marked done after, so that:
+
+- a retry after a crash finds its own half-done work and finishes it (attach and loop
+  set-up are idempotent; a mount is recognised by the device it shows);
+- unstage and unpublish touch only mounts that show the recorded device, and remove
+  only targets the record says this node created;
+- a mount at a staging or target path that the node did not make is left alone and
+  the request refused.
 """
 
 from __future__ import annotations
@@ -13,20 +23,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from csi_driver import capabilities, errors, host_fs, node_identity, rpc, storage
+from csi_driver import capabilities, errors, host_fs, node_identity, node_trust, rpc, storage
+from csi_driver import publish_context as context_doc
 from csi_driver import volume_requests as req
 from csi_driver.config import PluginConfig
-from csi_driver.controller import CONNECTION_KEY
 from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
 from csi_driver.node_state import NodeState
-from csi_driver.storage import connector, runtime
+from csi_driver.storage import connector, crash_points, runtime
 
 LOG = logging.getLogger(__name__)
+
+#: Stage record states: work begun (and maybe interrupted), and done.
+STAGING, STAGED = "staging", "staged"
+#: Publish target states, likewise.
+PUBLISHING, PUBLISHED = "publishing", "published"
 
 
 def _volume_lock(request: Any) -> list[str]:
@@ -34,10 +48,15 @@ def _volume_lock(request: Any) -> list[str]:
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, config: PluginConfig) -> None:
+    def __init__(self, config: PluginConfig, mode: str = "node") -> None:
         self.config = config
         self.state = NodeState(config.node.state_dir)
         self.inflight = rpc.InFlightLocks()
+        self.local_roots = config.local_roots(mode)
+        self.keys = context_doc.load(config.signing_key_file) if config.signing_key_file else None
+        if self.keys is None:
+            LOG.warning("no signing_key_file: this node trusts any publish_context it is "
+                        "handed (see the README's security section)")  # fmt: skip
         self._node_id: str | None = None
 
     # -- identity of this node ---------------------------------------------------------
@@ -79,75 +98,150 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeStageVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        req.require(request.staging_target_path, "staging_target_path")
+        staging = _path(request.staging_target_path, "staging_target_path")
         access = req.single_capability(request)
-        data = request.publish_context.get(CONNECTION_KEY)
-        if not data:
-            raise errors.InvalidRequest(
-                f"publish_context has no {CONNECTION_KEY!r}: ControllerPublishVolume of this "
-                "plugin must run first"
-            )
-        staging = request.staging_target_path
+        connection = node_trust.connection_from(
+            request.volume_id, request.publish_context, self.keys
+        )
+        local = node_trust.local_device(connection, self.local_roots)
+        real_staging = os.path.realpath(staging)
         record = self._record(request.volume_id)
-        if record is not None and self._still_staged(record):
-            return self._already_staged(record, staging, access)
-        if record is not None:
+        if record is not None and record.get("state", STAGED) == STAGED:
+            if self._still_staged(record):
+                return self._already_staged(record, staging, access)
             LOG.warning("volume %s: its stage record survives but its device or mount is gone "
                         "(node restarted?); staging it again", request.volume_id)  # fmt: skip
-            self._drop_stale(record)
+            self._release(record)
+            self.state.delete(request.volume_id)
+            record = None
+        elif record is not None and (
+            record["staging_path"] != real_staging or record["block"] != access.block
+        ):
+            LOG.warning("volume %s: an interrupted stage at %s is undone before staging it at "
+                        "%s", request.volume_id, record["staging_path"], staging)  # fmt: skip
+            self._release(record)
+            self.state.delete(request.volume_id)
+            record = None
         if not os.path.isdir(staging):
             raise errors.InvalidRequest(f"staging_target_path {staging} is not a directory")
-        try:
-            connection = storage.Connection.load(data)
-        except storage.SerializationError as exc:
-            raise errors.InvalidRequest(f"publish_context[{CONNECTION_KEY!r}]: {exc}") from None
-        if connection.volume_id != request.volume_id:
-            raise errors.InvalidRequest(
-                f"publish_context is for volume {connection.volume_id}, not {request.volume_id}"
-            )
+        if record is None:
+            _refuse_foreign_mount(real_staging, "staging_target_path")
+            record = {
+                "volume_id": request.volume_id,
+                "state": STAGING,
+                "connection": connection.jsons,
+                "staging_path": real_staging,
+                "block": access.block,
+                "fs_type": None,
+                "targets": {},
+            }
+            self.state.put(request.volume_id, record)
+        else:
+            LOG.info("volume %s: finishing its interrupted stage", request.volume_id)
+        crash_points.reach("node_stage.record-stored")
+        self._stage(record, connection, local, request, access)
+        return csi_pb2.NodeStageVolumeResponse()
 
-        undo: list[Callable[[], None]] = []
+    def _stage(
+        self,
+        record: dict[str, Any],
+        connection: storage.Connection,
+        local: str | None,
+        request: csi_pb2.NodeStageVolumeRequest,
+        access: req.Access,
+    ) -> None:
+        """Attach, format if blank, mount, and mark the record staged; every step is
+        safe to run again after a crash (the record says what was begun)."""
+        volume_id = record["volume_id"]
         try:
             path = connection.attach()
-            undo.append(lambda: connection.detach(force=True))
-            loop = None
+            if local is not None and (not path or os.path.realpath(path) != local):
+                raise errors.FailedPrecondition(
+                    f"local attach of volume {volume_id} gave {path!r}, not {local}"
+                )
             if path and host_fs.is_regular_file(path):
-                loop = host_fs.loop_attach(path)  # file-backed volume (FileDriver)
-                undo.append(lambda: host_fs.loop_detach(loop))
-                device = loop
+                path = os.path.realpath(path)
+                device = host_fs.loop_attach(path)  # file-backed volume (FileDriver)
+                loop: str | None = device
             elif path and host_fs.is_block_device(path):
-                device = path
+                device, loop = path, None
             else:
                 raise errors.FailedPrecondition(
-                    f"attach of volume {request.volume_id} gave {path!r}, which is neither a "
+                    f"attach of volume {volume_id} gave {path!r}, which is neither a "
                     "block device nor a file"
                 )
-            fs_type = None
+            crash_points.reach("node_stage.after-attach")
+            record.update(connection=connection.jsons, path=path, device=device, loop=loop)
+            self.state.put(volume_id, record)
             if not access.block:
-                fs_type = self._mount_staging(device, staging, request, access)
-                undo.append(lambda: host_fs.unmount(staging))
-            self.state.put(
-                request.volume_id,
-                {
-                    "volume_id": request.volume_id,
-                    "connection": connection.jsons,
-                    "path": path,
-                    "device": device,
-                    "loop": loop,
-                    "staging_path": os.path.realpath(staging),
-                    "block": access.block,
-                    "fs_type": fs_type,
-                    "targets": {},
-                },
-            )
-        except BaseException:
-            for step in reversed(undo):
-                try:
-                    step()
-                except Exception:
-                    LOG.exception("undoing a failed stage of volume %s", request.volume_id)
+                staging = record["staging_path"]
+                if host_fs.mounted_from(staging, device, block=False):
+                    LOG.info("volume %s: %s is already mounted from %s (an interrupted stage)",
+                             volume_id, staging, device)  # fmt: skip
+                else:
+                    _refuse_foreign_mount(staging, "staging_target_path")
+                    record["fs_type"] = self._format_if_blank(record, device, request, access)
+                    crash_points.reach("node_stage.after-mkfs")
+                    options = list(request.volume_capability.mount.mount_flags)
+                    if access.read_only:
+                        options.append("ro")
+                    host_fs.mount(device, staging, record["fs_type"], options)
+                    crash_points.reach("node_stage.after-mount")
+                if not record.get("fs_type"):
+                    record["fs_type"] = host_fs.mountinfo(staging)["fstype"]  # type: ignore[index]
+            record["state"] = STAGED
+            record.pop("formatting", None)
+            self.state.put(volume_id, record)
+        except (errors.PluginError, host_fs.NotBlank):
+            self._abandon(record)  # refused: leave nothing behind
             raise
-        return csi_pb2.NodeStageVolumeResponse()
+        except Exception:
+            LOG.warning("volume %s: stage failed half-way; its record stays so that a retry "
+                        "finishes it and NodeUnstageVolume releases it", volume_id)  # fmt: skip
+            raise
+
+    def _format_if_blank(
+        self,
+        record: dict[str, Any],
+        device: str,
+        request: csi_pb2.NodeStageVolumeRequest,
+        access: req.Access,
+    ) -> str:
+        """The filesystem to mount: the one on the device, or a new one on a blank device.
+        A filesystem already there is used when none was requested (e.g. a volume restored
+        from an XFS snapshot); a different one is never replaced."""
+        volume_id = record["volume_id"]
+        requested = access.fs_type
+        own = record.get("formatting")  # our own mkfs, interrupted before anything mounted
+        found = None if own else host_fs.probe_filesystem(device)
+        if found is None:
+            if access.read_only:
+                raise errors.FailedPrecondition(
+                    f"volume {volume_id} is blank and requested read-only: there is no "
+                    "filesystem to mount and none can be made"
+                )
+            fs_type = own or requested or capabilities.DEFAULT_FILESYSTEM
+            record["formatting"] = fs_type
+            self.state.put(volume_id, record)
+            crash_points.reach("node_stage.before-mkfs")
+            LOG.info("volume %s is blank; creating %s on %s", volume_id, fs_type, device)
+            host_fs.make_filesystem(device, fs_type, redo_own=bool(own))
+            return fs_type
+        if found in capabilities.FILESYSTEMS and requested in ("", found):
+            return found
+        raise errors.FailedPrecondition(
+            f"volume {volume_id} holds {found}, not "
+            f"{requested or 'a supported filesystem'}; it is never reformatted"
+        )
+
+    def _abandon(self, record: dict[str, Any]) -> None:
+        """Undo a stage refused half-way (wrong filesystem, read-only blank volume...):
+        what it attached is released and the record dropped, so nothing is left."""
+        try:
+            self._release(record)
+            self.state.delete(record["volume_id"])
+        except Exception:
+            LOG.exception("undoing a refused stage of volume %s", record["volume_id"])
 
     def _still_staged(self, record: dict[str, Any]) -> bool:
         """Whether what a stage record describes still exists (a reboot clears mounts,
@@ -156,12 +250,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             return False
         if record["loop"] and not _owns_loop(record):
             return False
-        return record["block"] or host_fs.is_mounted(record["staging_path"])
-
-    def _drop_stale(self, record: dict[str, Any]) -> None:
-        """Forget a stage that no longer exists, releasing only what is still ours."""
-        _release_on_host(record)
-        self.state.delete(record["volume_id"])
+        return record["block"] or host_fs.mounted_from(
+            record["staging_path"], record["device"], block=False
+        )
 
     def _already_staged(
         self, record: dict[str, Any], staging: str, access: req.Access
@@ -180,60 +271,53 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             )
         return csi_pb2.NodeStageVolumeResponse()
 
-    def _mount_staging(
-        self,
-        device: str,
-        staging: str,
-        request: csi_pb2.NodeStageVolumeRequest,
-        access: req.Access,
-    ) -> str:
-        """Mount the device at the staging path, making a filesystem only on a blank
-        device; returns the filesystem type. A filesystem already there is used when
-        none was requested (e.g. a volume restored from an XFS snapshot)."""
-        requested = access.fs_type
-        found = host_fs.probe_filesystem(device)
-        if found is None:
-            if access.read_only:
-                raise errors.FailedPrecondition(
-                    f"volume {request.volume_id} is blank and requested read-only: there is no "
-                    "filesystem to mount and none can be made"
-                )
-            fs_type = requested or capabilities.DEFAULT_FILESYSTEM
-            LOG.info("volume %s is blank; creating %s on %s", request.volume_id, fs_type, device)
-            host_fs.make_filesystem(device, fs_type)
-        elif found in capabilities.FILESYSTEMS and requested in ("", found):
-            fs_type = found
-        else:
-            raise errors.FailedPrecondition(
-                f"volume {request.volume_id} holds {found}, not "
-                f"{requested or 'a supported filesystem'}; it is never reformatted"
-            )
-        options = list(request.volume_capability.mount.mount_flags)
-        if access.read_only:
-            options.append("ro")
-        host_fs.mount(device, staging, fs_type, options)
-        return fs_type
-
     @rpc.handler(lock=_volume_lock)
     def NodeUnstageVolume(
         self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        req.require(request.staging_target_path, "staging_target_path")
+        staging = _path(request.staging_target_path, "staging_target_path")
         record = self._record(request.volume_id)
-        if record is None or record["staging_path"] != os.path.realpath(
-            request.staging_target_path
-        ):
+        if record is None or record["staging_path"] != os.path.realpath(staging):
             return csi_pb2.NodeUnstageVolumeResponse()  # not staged there: nothing to do
-        if published := [t for t in record["targets"] if host_fs.is_mounted(t)]:
+        published = [t for t in record["targets"] if _shows_volume(record, t)]
+        if published:
             raise errors.FailedPrecondition(
                 f"volume {request.volume_id} is still published at {', '.join(published)}; "
                 "NodeUnpublishVolume it first"
             )
-        _release_on_host(record)
-        storage.Connection.load(record["connection"]).detach()
+        self._release(record)
         self.state.delete(request.volume_id)
         return csi_pb2.NodeUnstageVolumeResponse()
+
+    def _release(self, record: dict[str, Any]) -> None:
+        """Undo the host side of a (maybe half-done) stage, touching only what is this
+        volume's: the staging mount if it shows the volume's device, the loop device while
+        it maps the volume's file, then the os-brick attachment."""
+        volume_id = record["volume_id"]
+        device = record.get("device")
+        staging = record["staging_path"]
+        if not record["block"] and host_fs.is_mounted(staging):
+            if not device or not host_fs.mounted_from(staging, device, block=False):
+                raise errors.FailedPrecondition(
+                    f"volume {volume_id}: the mount at {staging} is not this volume's "
+                    "(something was mounted over it); it is left untouched"
+                )
+            host_fs.unmount(staging)
+        crash_points.reach("node_unstage.after-unmount")
+        loop = record.get("loop") if record.get("loop") and _owns_loop(record) else None
+        if loop is None and record.get("path") and host_fs.is_regular_file(record["path"]):
+            loop = host_fs.loop_find(record["path"])  # made, then interrupted before recorded
+        if loop:
+            host_fs.loop_detach(loop)
+        connection = storage.Connection.load(record["connection"])
+        if not connection.attached and record.get("state") == STAGING:
+            try:  # interrupted before its device was recorded: find it again
+                connection.attach()
+            except storage.AttachError as exc:
+                LOG.info("volume %s: not attached, nothing to detach (%s)", volume_id, exc)
+        connection.detach()
+        crash_points.reach("node_unstage.after-detach")
 
     # -- publish ----------------------------------------------------------------------------
     @rpc.handler(lock=_volume_lock)
@@ -241,12 +325,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodePublishVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        req.require(request.staging_target_path, "staging_target_path")
-        req.require(request.target_path, "target_path")
+        staging = _path(request.staging_target_path, "staging_target_path")
+        target = _target(request.target_path)
         access = req.single_capability(request)
         record = self._record(request.volume_id)
-        if record is None or record["staging_path"] != os.path.realpath(
-            request.staging_target_path
+        if (
+            record is None
+            or record.get("state", STAGED) != STAGED
+            or record["staging_path"] != os.path.realpath(staging)
         ):
             raise errors.FailedPrecondition(
                 f"volume {request.volume_id} is not staged at {request.staging_target_path}; "
@@ -257,18 +343,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 f"volume {request.volume_id} is staged as "
                 f"{'a block device' if record['block'] else 'a filesystem'}"
             )
-        target = os.path.abspath(request.target_path)
         read_only = request.readonly or access.read_only
+        target = _recorded_target(record, target, request.target_path)
         known = record["targets"].get(target)
-        if known is not None and host_fs.is_mounted(target):
-            if known["read_only"] != read_only:
+        ours = _shows_volume(record, target)
+        if known is not None and ours:
+            if known.get("read_only") != read_only:
                 raise errors.AlreadyExists(
                     f"volume {request.volume_id} is already published at {target} "
                     f"{'read-only' if known['read_only'] else 'read-write'}"
                 )
-            return csi_pb2.NodePublishVolumeResponse()
+            if known.get("state", PUBLISHED) == PUBLISHED:
+                return csi_pb2.NodePublishVolumeResponse()
         mode = request.volume_capability.access_mode.mode
-        others = [t for t in record["targets"] if t != target and host_fs.is_mounted(t)]
+        others = [t for t in record["targets"] if t != target and _shows_volume(record, t)]
         if mode == capabilities.Mode.SINGLE_NODE_SINGLE_WRITER and others:
             raise errors.FailedPrecondition(
                 f"volume {request.volume_id} is SINGLE_NODE_SINGLE_WRITER and already "
@@ -276,39 +364,77 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             )
         if not os.path.isdir(os.path.dirname(target)):
             raise errors.InvalidRequest(f"the parent directory of target_path {target} is missing")
+        if not ours:
+            _refuse_foreign_mount(target, "target_path")
+        created = known["created"] if known and "created" in known else not os.path.lexists(target)
+        record["targets"][target] = {"read_only": read_only, "state": PUBLISHING,
+                                     "created": created}  # fmt: skip
+        self.state.put(request.volume_id, record)
+        crash_points.reach("node_publish.record-stored")
+        if not ours:
+            self._bind(record, target, read_only, created)
+        elif read_only and not host_fs.is_read_only(target):
+            host_fs.remount_read_only(target)  # interrupted between the bind and its remount
+        record["targets"][target]["state"] = PUBLISHED
+        self.state.put(request.volume_id, record)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    def _bind(self, record: dict[str, Any], target: str, read_only: bool, created: bool) -> None:
         if record["block"]:
             host_fs.ensure_file(target)
             source = record["device"]
         else:
             host_fs.ensure_dir(target)
             source = record["staging_path"]
+        crash_points.reach("node_publish.after-target")
         try:
             host_fs.bind_mount(source, target, read_only=read_only)
         except BaseException:
-            with contextlib.suppress(Exception):
-                host_fs.remove_path(target)
+            if created:
+                with contextlib.suppress(Exception):
+                    host_fs.remove_path(target)
+            del record["targets"][target]
+            self.state.put(record["volume_id"], record)
             raise
-        record["targets"][target] = {"read_only": read_only}
-        self.state.put(request.volume_id, record)
-        return csi_pb2.NodePublishVolumeResponse()
+        crash_points.reach("node_publish.after-mount")
 
     @rpc.handler(lock=_volume_lock)
     def NodeUnpublishVolume(
         self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        req.require(request.target_path, "target_path")
-        target = os.path.abspath(request.target_path)
+        target = _target(request.target_path)
         record = self._record(request.volume_id)
-        if record is None and not host_fs.is_mounted(target):
-            raise errors.ObjectNotFound(
-                f"volume {request.volume_id} is not staged or published on this node"
-            )
-        host_fs.unmount(target)
-        host_fs.remove_path(target)
-        if record is not None and target in record["targets"]:
-            del record["targets"][target]
-            self.state.put(request.volume_id, record)
+        if record is not None:
+            target = _recorded_target(record, target, request.target_path)
+        known = record["targets"].get(target) if record is not None else None
+        if known is None:
+            if host_fs.is_mounted(target):
+                if record is None:
+                    raise errors.ObjectNotFound(
+                        f"volume {request.volume_id} is not staged or published on this node; "
+                        f"the mount at {target} is not its own and is left untouched"
+                    )
+                LOG.warning("volume %s: NodeUnpublishVolume of %s, where this node never "
+                            "published it; the mount there is left untouched",
+                            request.volume_id, target)  # fmt: skip
+            return csi_pb2.NodeUnpublishVolumeResponse()  # not published there: nothing to do
+        if host_fs.is_mounted(target):
+            if not _shows_volume(record, target):  # type: ignore[arg-type]
+                raise errors.FailedPrecondition(
+                    f"volume {request.volume_id}: the mount at {target} is not this volume's "
+                    "(something was mounted over it); it is left untouched"
+                )
+            host_fs.unmount(target)
+        crash_points.reach("node_unpublish.after-unmount")
+        if known.get("created", None) is True:
+            host_fs.remove_path(target)
+        elif known.get("created", None) is None and os.path.isdir(target):
+            with contextlib.suppress(host_fs.HostError):  # a record from before "created"
+                host_fs.remove_path(target)  # an empty directory only (rmdir)
+        crash_points.reach("node_unpublish.after-remove")
+        del record["targets"][target]  # type: ignore[index]
+        self.state.put(request.volume_id, record)  # type: ignore[arg-type]
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     # -- stats and expansion -----------------------------------------------------------
@@ -317,8 +443,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         req.require(request.volume_id, "volume_id")
-        req.require(request.volume_path, "volume_path")
-        record, path = self._located(request.volume_id, request.volume_path)
+        path = _path(request.volume_path, "volume_path", absolute=False)
+        record, path = self._located(request.volume_id, path)
         Unit = csi_pb2.VolumeUsage
         if not os.path.exists(path) or not (record["block"] or host_fs.is_mounted(path)):
             raise errors.FailedPrecondition(f"volume {request.volume_id}: {path} is not mounted")
@@ -354,9 +480,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         """Problems this node can see: the stage mount or a publish target gone, or
         the device detached under it. No entries means healthy."""
         req.require(request.volume_id, "volume_id")
-        record = self._record(request.volume_id)
-        if record is None:
-            raise errors.ObjectNotFound(f"volume {request.volume_id} is not staged on this node")
+        record = self._staged(request.volume_id)
         Entry = csi_pb2.VolumeHealth.VolumeHealthEntry
         problems = []
         if not host_fs.is_block_device(record["device"]):
@@ -379,8 +503,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeExpandVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        req.require(request.volume_path, "volume_path")
-        record, _ = self._located(request.volume_id, request.volume_path)
+        path = _path(request.volume_path, "volume_path", absolute=False)
+        record, _ = self._located(request.volume_id, path)
         if request.HasField("volume_capability"):
             req.check_capabilities([request.volume_capability], "volume_capability")
         if record["loop"]:
@@ -405,12 +529,17 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         except ValueError as exc:
             raise errors.InvalidRequest(str(exc)) from None
 
+    def _staged(self, volume_id: str) -> dict[str, Any]:
+        """The record of a volume whose stage completed; NOT_FOUND otherwise."""
+        record = self._record(volume_id)
+        if record is None or record.get("state", STAGED) != STAGED:
+            raise errors.ObjectNotFound(f"volume {volume_id} is not staged on this node")
+        return record
+
     def _located(self, volume_id: str, volume_path: str) -> tuple[dict[str, Any], str]:
         """The stage record of a volume and the path asked about, which must be its
         staging path or one of its published targets."""
-        record = self._record(volume_id)
-        if record is None:
-            raise errors.ObjectNotFound(f"volume {volume_id} is not staged on this node")
+        record = self._staged(volume_id)
         path = os.path.abspath(volume_path)
         real = os.path.realpath(volume_path)
         targets = {os.path.realpath(t) for t in record["targets"]} | set(record["targets"])
@@ -419,16 +548,54 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return record, path
 
 
+def _path(value: str, field: str, absolute: bool = True) -> str:
+    """A REQUIRED path field, refused (INVALID_ARGUMENT) when unusable. Paths the node
+    mounts at must be absolute; a volume_path that is not simply names no volume."""
+    req.require(value, field)
+    if "\0" in value or (absolute and not os.path.isabs(value)) or len(value.encode()) > 4096:
+        raise errors.InvalidRequest(f"{field} {value!r} is not a usable absolute path")
+    return value
+
+
+def _target(value: str) -> str:
+    """target_path made canonical (parent resolved, the target itself no symlink)."""
+    path = _path(value, "target_path")
+    try:
+        return host_fs.canonical_target(path)
+    except host_fs.HostError as exc:
+        raise errors.InvalidRequest(f"target_path: {exc}") from None
+
+
+def _recorded_target(record: dict[str, Any], target: str, given: str) -> str:
+    """The key the record knows a target by: canonical, or as given (records written
+    before targets were made canonical keep the CO's path string)."""
+    if target not in record["targets"] and os.path.abspath(given) in record["targets"]:
+        return os.path.abspath(given)
+    return target
+
+
+def _shows_volume(record: dict[str, Any], path: str) -> bool:
+    """Whether the top mount at path is this volume (staged device, or its filesystem)."""
+    return host_fs.mounted_from(path, record["device"], block=record["block"])
+
+
+def _refuse_foreign_mount(path: str, field: str) -> None:
+    """Refuse to mount over (and so hide) a mount this node did not make."""
+    if host_fs.is_mounted(path):
+        raise errors.FailedPrecondition(
+            f"{field} {path} already holds a mount that is not this volume's; "
+            "the plugin never mounts over it"
+        )
+
+
 def _owns_loop(record: dict[str, Any]) -> bool:
     """Whether the recorded loop device still maps this volume's file (after a reboot
-    the same /dev/loopN may back another volume)."""
-    return host_fs.loop_backing_file(record["loop"]) == record.get("path")
-
-
-def _release_on_host(record: dict[str, Any]) -> None:
-    """Undo the host side of a stage: the staging mount, then the loop device while it
-    is still this volume's (the os-brick detach is the caller's)."""
-    if not record["block"]:
-        host_fs.unmount(record["staging_path"])
-    if record["loop"] and _owns_loop(record):
-        host_fs.loop_detach(record["loop"])
+    the same /dev/loopN may back another volume). Compared by inode, and by canonical
+    path on both sides (losetup reports the resolved path)."""
+    loop, path = record.get("loop"), record.get("path")
+    if not loop or not path:
+        return False
+    if host_fs.loop_find(path) == os.path.realpath(loop):
+        return True
+    backing = host_fs.loop_backing_file(loop)
+    return backing is not None and os.path.realpath(backing) == os.path.realpath(path)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from csi_driver.storage import connector, secrets, validation
+from csi_driver.storage import connector, crash_points, secrets, validation
 from csi_driver.storage.exceptions import AttachError, InvalidArgument, InvalidState, NotFound
 from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
@@ -125,6 +125,7 @@ class Connection(Resource):
                 "backend": volume.backend_name,
                 "volume_id": volume.id,
                 "status": "connecting",
+                "operation": {"name": "connect", "started_at": now},
                 "attach_mode": attach_mode,
                 "attached_host": host,
                 "connector": props,
@@ -135,18 +136,28 @@ class Connection(Resource):
             }
         )
         store.set_connection(record)
+        crash_points.reach("connect.before-driver")
+        connection = cls(volume.backend, record, volume=volume)
         try:
-            updates, conn_info = volume.backend._host.connect(volume._data, record, existing)
+            connection._export(existing)
         except Exception:
             store.delete_connection(record["id"])
             raise
-        secrets.remember_secrets_in(conn_info)
-        connection = cls(volume.backend, record, volume=volume)
-        connection._update(status=CONNECTED, connection_info=conn_info)
-        volume._update(status="in-use", **updates)
-        store.write(volumes=(volume._data,), connections=(record,))
-        LOG.info("connected volume %s to host %s (%s)", volume.id, host, connection.protocol)
         return connection
+
+    def _export(self, others: list[Record]) -> None:
+        """Export the volume and initialize the connection on the backend, then store
+        both records as connected. Also what finishes an interrupted ``connect``:
+        cinder-volume likewise re-runs export and initialize for a retried attach."""
+        volume = self.volume
+        updates, conn_info = volume.backend._host.connect(volume._data, self._data, others)
+        crash_points.reach("connect.after-driver")
+        secrets.remember_secrets_in(conn_info)
+        self._update(status=CONNECTED, operation=None, connection_info=conn_info)
+        volume._update(status="in-use", **updates)
+        self._store().write(volumes=(volume._data,), connections=(self._data,))
+        LOG.info("connected volume %s to host %s (%s)", volume.id, self.attached_host,
+                 self.protocol)  # fmt: skip
 
     def disconnect(self, force: bool = False) -> None:
         """Undo ``connect`` on the backend; refused while attached unless ``force``."""
@@ -159,12 +170,20 @@ class Connection(Resource):
         volume = self.volume
         store = self._store()
         others = [c for c in store.get_connections(volume_id=volume.id) if c["id"] != self.id]
-        updates = host.disconnect(volume._data, self._data, others, force=force)
+        previous = self.status if self.status != "disconnecting" else CONNECTED
+        self._begin("disconnecting", "disconnect", previous_status=previous)
+        crash_points.reach("disconnect.before-driver")
+        try:
+            updates = host.disconnect(volume._data, self._data, others, force=force)
+        except Exception:
+            self._end(previous)
+            raise
+        crash_points.reach("disconnect.after-driver")
         if updates:
             volume._update(**updates)
             volume._save()
         store.delete_connection(self.id)
-        self._update(status="disconnected")
+        self._update(status="disconnected", operation=None)
         volume._connection_closed(self)
         LOG.info("disconnected volume %s from host %s", volume.id, self.attached_host)
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
-from csi_driver.storage import runtime, secrets, serialization
+from csi_driver.storage import crash_points, runtime, secrets, serialization
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState
 from csi_driver.storage.persistence.base import apply_changes
 
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from csi_driver.storage.persistence.base import MetadataStore, Record
 
 T = TypeVar("T")
+
+#: The stable status a resource of each kind returns to when an operation is undone.
+AT_REST = {"volume": "available", "snapshot": "available", "connection": "connected"}
+#: Statuses that say an operation was in flight when the record was stored.
+TRANSITIONAL = frozenset({"creating", "deleting", "extending", "connecting", "disconnecting"})
 
 
 def utcnow() -> str:
@@ -69,6 +74,9 @@ class Resource(serialization.Serializable):
     status: Field[str] = Field()
     created_at: Field[str] = Field()
     updated_at: Field[str] = Field()
+    #: The operation in flight when the record was stored ({'name': ..., 'started_at': ...,
+    #: details}); absent when the resource is at rest.
+    operation: Field[dict[str, Any] | None] = Field()
 
     def __init__(self, backend: Backend, data: Record) -> None:
         self.backend = backend
@@ -114,18 +122,38 @@ class Resource(serialization.Serializable):
         self._update(status=status)
         self._save()
 
+    def _begin(self, status: str, operation: str, **details: Any) -> None:
+        """Store a transitional status with the operation in flight, before the driver runs.
+
+        A process killed before ``_end`` leaves exactly this record behind, and
+        ``recovery.heal`` reads ``operation`` to finish or undo it.
+        """
+        self._update(status=status,
+                     operation={"name": operation, "started_at": utcnow(), **details})  # fmt: skip
+        self._save()
+
+    def _end(self, status: str, **changes: Any) -> None:
+        """Store a stable status (and the driver's changes); the operation is over."""
+        self._update(status=status, operation=None, **changes)
+        self._save()
+
     def _run_delete(self, driver_delete: Callable[[], None]) -> None:
         """Run a driver delete: a busy resource keeps its status, a failure is marked."""
         previous = self.status
-        self._set_status("deleting")
+        if previous in TRANSITIONAL or previous == "error_deleting":
+            # Healing an interrupted operation: "busy" must not leave it transitional.
+            previous = "error" if previous == "creating" else AT_REST[self.KIND]
+        self._begin("deleting", "delete", previous_status=previous)
+        crash_points.reach(f"delete_{self.KIND}.before-driver")
         try:
             driver_delete()
         except InvalidState:
-            self._set_status(previous)  # busy (e.g. a snapshot with clones): nothing changed
+            self._end(previous)  # busy (e.g. a snapshot with clones): nothing changed
             raise
         except Exception:
-            self._set_status("error_deleting")
+            self._end("error_deleting")
             raise
+        crash_points.reach(f"delete_{self.KIND}.after-driver")
 
     def is_loaded(self, relation: str) -> bool:
         """Whether a lazy relation has been loaded (``json`` includes only those)."""

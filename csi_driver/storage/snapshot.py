@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from csi_driver.storage import validation
+from csi_driver.storage import crash_points, validation
 from csi_driver.storage.exceptions import InvalidArgument, NotFound
 from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
@@ -86,14 +86,16 @@ class Snapshot(Resource):
             }
         )
         snapshot = cls(volume.backend, record, volume=volume)
+        record["operation"] = {"name": "create_snapshot", "started_at": now}
         store.set_snapshot(record)
+        crash_points.reach("create_snapshot.before-driver")
         try:
             updates = volume.backend._host.create_snapshot(record, volume._data)
         except Exception:
             store.delete_snapshot(snapshot_id)
             raise
-        snapshot._update(status="available", **updates)
-        snapshot._save()
+        crash_points.reach("create_snapshot.after-driver")
+        snapshot._end("available", **updates)
         LOG.info("created snapshot %s of volume %s", snapshot_id, volume.id)
         return snapshot
 

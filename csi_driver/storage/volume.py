@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from csi_driver.storage import connector, validation
+from csi_driver.storage import connector, crash_points, validation
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState, NotFound
 from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
@@ -149,15 +149,17 @@ class Volume(Resource):
         """
         volume = cls(backend, record, snapshots=[], connections=[])
         store = backend._store()
+        record["operation"] = {"name": driver_call, "started_at": record["created_at"]}
         store.set_volume(record)
+        crash_points.reach(f"{driver_call}.before-driver")
         try:
             updates = getattr(backend._host, driver_call)(record, *sources)
         except Exception:
             backend._host.cleanup_failed_create(record)
             store.delete_volume(record["id"])
             raise
-        volume._update(status=AVAILABLE, **updates)
-        volume._save()
+        crash_points.reach(f"{driver_call}.after-driver")
+        volume._end(AVAILABLE, **updates)
         backend._remember(volume)
         LOG.info("created volume %s (%s GiB) on backend %s", volume.id, volume.size, backend.name)
         return volume
@@ -198,15 +200,23 @@ class Volume(Resource):
             raise InvalidArgument(
                 f"new size {size} GiB must be larger than the current {self.size} GiB"
             )
+        if self.status not in (AVAILABLE, IN_USE):
+            raise InvalidState(f"volume {self.id} is {self.status}; cannot extend it")
         previous = self.status
-        self._set_status("extending")
+        self._begin("extending", "extend", size=size, previous_status=previous,
+                    previous_size=self.size)  # fmt: skip
+        crash_points.reach("extend_volume.before-driver")
+        self._run_extend(size, previous)
+
+    def _run_extend(self, size: int, previous: str) -> None:
+        """The driver half of ``extend`` (also what finishes an interrupted one)."""
         try:
             updates = self.backend._host.extend_volume(self._data, size)
         except Exception:
-            self._set_status(previous)
+            self._end(previous)
             raise
-        self._update(status=previous, size=size, **updates)
-        self._save()
+        crash_points.reach("extend_volume.after-driver")
+        self._end(previous, size=size, **updates)
 
     def clone(
         self,

@@ -2,12 +2,14 @@
 
 Four runs: one process serving all services and, separately, a controller process
 and a node process (the node in attach-only mode: no store, no backend options, so
-it works from publish_context alone), each with mount and with raw block volumes.
+it works from publish_context alone, signed by the controller), each with mount and
+with raw block volumes.
 Node specs attach with loop devices and mount, so these need root.
 """
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -39,13 +41,22 @@ def test_all_in_one_process(tmp_path: Path, access_type: str) -> None:
 
 @pytest.mark.parametrize("access_type", ["mount", "block"])
 def test_controller_and_node_in_separate_processes(tmp_path: Path, access_type: str) -> None:
-    controller_config = plugin.write_config(tmp_path, node={"max_volumes": 8})
+    # Both read one signing key, as a Secret mounted into both pods: the node stages
+    # only what this controller published.
+    key = tmp_path / "publish.key"
+    key.write_text(secrets.token_urlsafe(32) + "\n")
+    key.chmod(0o600)
+    controller_config = plugin.write_config(
+        tmp_path, node={"max_volumes": 8}, signing_key_file=str(key)
+    )
     node_dir = tmp_path / "node-process"
     node_dir.mkdir()
     # The node's file has no store and no backends: all it knows comes in publish_context.
+    # It may attach the controller's FileDriver files, and nothing else on the host.
     node_config = plugin.write_config(
         node_dir, backends=[], storage={"file_locks_path": str(node_dir / "locks")},
-        node={"max_volumes": 8},
+        node={"max_volumes": 8, "local_roots": [str(tmp_path / "volumes")]},
+        signing_key_file=str(key),
     )  # fmt: skip
     node_config.write_text(node_config.read_text().replace("backends: []\n", ""))
     with (
@@ -59,4 +70,5 @@ def test_controller_and_node_in_separate_processes(tmp_path: Path, access_type: 
         node_log = node.log()
     sanity.assert_clean(report, MINIMUM_PASSED)
     assert "NodeStageVolume ok" in node_log
+    assert "SECURITY" not in node_log
     assert plugin.leftovers(tmp_path) == []
