@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 # volumes and SQLite metadata under ./data. It prints the socket and a call to try.
 # Node calls (stage/publish) need root: they use loop devices and mounts.
 run: install
-	@mkdir -p data
+	@install -d -m 0700 data
 	$(BIN)/csi-driver --endpoint unix://$(CURDIR)/data/csi.sock --mode all --config config/embedded.yaml
 
 # The storage library's life cycle on the embedded default, one JSON line a step.

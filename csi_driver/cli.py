@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from csi_driver import client
+from csi_driver import client, log_format
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -39,11 +39,12 @@ def _tools_parser() -> argparse.ArgumentParser:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr one line per record (request strings cannot forge lines), warnings
+    included."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_format.OneLineFormatter(log_format.FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    logging.captureWarnings(True)
 
 
 def _print_ready(endpoint: object) -> None:

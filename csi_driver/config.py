@@ -86,6 +86,10 @@ class PluginConfig:
     #: Seconds between reconciler runs (controller): operations left half-done by a crash
     #: that no CO retries are finished or rolled back. It also runs at start-up.
     reconcile_interval_seconds: float = 60.0
+    #: Seconds after start-up before the reconciler's first pass (0: at once). A delay
+    #: lets the CO's retries heal first: a retried publish finishes an interrupted
+    #: export, where the reconciler, knowing no one waits for it, undoes it.
+    reconcile_delay_seconds: float = 0.0
 
     def backend(self, name: str) -> BackendConfig | None:
         return next((b for b in self.backends if b.name == name), None)
@@ -168,6 +172,7 @@ def from_dict(raw: Any) -> PluginConfig:
         signing_key_file=signing_key_file,
         shutdown_grace_seconds=_seconds(data, "shutdown_grace_seconds", 20.0),
         reconcile_interval_seconds=_seconds(data, "reconcile_interval_seconds", 60.0),
+        reconcile_delay_seconds=_seconds(data, "reconcile_delay_seconds", 0.0, zero=True),
     )
 
 
@@ -225,10 +230,14 @@ def _node(raw: Any) -> NodeConfig:
     )
 
 
-def _seconds(data: Mapping[str, Any], key: str, default: float) -> float:
+def _seconds(data: Mapping[str, Any], key: str, default: float, zero: bool = False) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
-        raise ConfigError(f"{key}: {value!r} is not a number of seconds above 0 (below a day)")
+    low = 0 if zero else 1e-3
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < 86400:
+        raise ConfigError(
+            f"{key}: {value!r} is not a number of seconds {'>= 0' if zero else 'above 0'} "
+            "(below a day)"
+        )
     return float(value)
 
 

@@ -40,12 +40,15 @@ FAILED = ("error", "error_deleting")
 T = TypeVar("T")
 
 
+@rpc.answer_unimplemented
 class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
         self.inflight = rpc.InFlightLocks()
         self.keys = context_doc.load(config.signing_key_file) if config.signing_key_file else None
-        self.reconciler = Reconciler(self.inflight, config.reconcile_interval_seconds)
+        self.reconciler = Reconciler(
+            self.inflight, config.reconcile_interval_seconds, config.reconcile_delay_seconds
+        )
 
     # -- volumes ------------------------------------------------------------------
     @rpc.handler(lock=lambda r: [f"volume-name:{r.name}"] if r.name else [])

@@ -53,6 +53,10 @@ class Unavailable(PluginError):
     """A dependency (backend, metadata store) cannot be reached now; retry later."""
 
 
+class Unimplemented(PluginError):
+    """An RPC of the spec this plugin does not offer (its capability is not advertised)."""
+
+
 #: Exception type -> status code. The most specific class in an exception's MRO wins;
 #: anything not listed is INTERNAL (and logged with its traceback).
 STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
@@ -65,10 +69,13 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     InFlight: grpc.StatusCode.ABORTED,
     UnknownToken: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     # The storage library's errors, as they reach a CSI caller.
     storage_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     storage_errors.SerializationError: grpc.StatusCode.INVALID_ARGUMENT,
     storage_errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    # A size the backend cannot hold, like a capacity above limit_bytes.
+    storage_errors.CapacityError: grpc.StatusCode.OUT_OF_RANGE,
     storage_errors.InvalidState: grpc.StatusCode.FAILED_PRECONDITION,
     storage_errors.NotSupported: grpc.StatusCode.FAILED_PRECONDITION,
     storage_errors.BackendSetupError: grpc.StatusCode.UNAVAILABLE,

@@ -13,6 +13,7 @@ from csi_driver.config import PluginConfig
 from csi_driver.csi_pb import SPEC_VERSION, csi_pb2, csi_pb2_grpc
 
 
+@rpc.answer_unimplemented
 class IdentityService(csi_pb2_grpc.IdentityServicer):
     def __init__(self, config: PluginConfig, ready: Callable[[], bool] = lambda: True) -> None:
         self.config = config

@@ -47,6 +47,7 @@ def _volume_lock(request: Any) -> list[str]:
     return [f"volume:{request.volume_id}"] if request.volume_id else []
 
 
+@rpc.answer_unimplemented
 class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, config: PluginConfig, mode: str = "node") -> None:
         self.config = config
@@ -98,7 +99,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeStageVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        staging = _path(request.staging_target_path, "staging_target_path")
+        staging = req.require_path(request.staging_target_path, "staging_target_path")
         access = req.single_capability(request)
         connection = node_trust.connection_from(
             request.volume_id, request.publish_context, self.keys
@@ -276,7 +277,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        staging = _path(request.staging_target_path, "staging_target_path")
+        staging = req.require_path(request.staging_target_path, "staging_target_path")
         record = self._record(request.volume_id)
         if record is None or record["staging_path"] != os.path.realpath(staging):
             return csi_pb2.NodeUnstageVolumeResponse()  # not staged there: nothing to do
@@ -325,7 +326,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodePublishVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        staging = _path(request.staging_target_path, "staging_target_path")
+        staging = req.require_path(request.staging_target_path, "staging_target_path")
         target = _target(request.target_path)
         access = req.single_capability(request)
         record = self._record(request.volume_id)
@@ -443,7 +444,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         req.require(request.volume_id, "volume_id")
-        path = _path(request.volume_path, "volume_path", absolute=False)
+        path = req.require_path(request.volume_path, "volume_path", absolute=False)
         record, path = self._located(request.volume_id, path)
         Unit = csi_pb2.VolumeUsage
         if not os.path.exists(path) or not (record["block"] or host_fs.is_mounted(path)):
@@ -503,7 +504,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeExpandVolumeResponse:
         req.require(request.volume_id, "volume_id")
-        path = _path(request.volume_path, "volume_path", absolute=False)
+        path = req.require_path(request.volume_path, "volume_path", absolute=False)
         record, _ = self._located(request.volume_id, path)
         if request.HasField("volume_capability"):
             req.check_capabilities([request.volume_capability], "volume_capability")
@@ -548,18 +549,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return record, path
 
 
-def _path(value: str, field: str, absolute: bool = True) -> str:
-    """A REQUIRED path field, refused (INVALID_ARGUMENT) when unusable. Paths the node
-    mounts at must be absolute; a volume_path that is not simply names no volume."""
-    req.require(value, field)
-    if "\0" in value or (absolute and not os.path.isabs(value)) or len(value.encode()) > 4096:
-        raise errors.InvalidRequest(f"{field} {value!r} is not a usable absolute path")
-    return value
-
-
 def _target(value: str) -> str:
     """target_path made canonical (parent resolved, the target itself no symlink)."""
-    path = _path(value, "target_path")
+    path = req.require_path(value, "target_path")
     try:
         return host_fs.canonical_target(path)
     except host_fs.HostError as exc:

@@ -50,9 +50,10 @@ def _read_again(resource: Resource) -> Resource | None:
 
 
 class Reconciler:
-    def __init__(self, inflight: rpc.InFlightLocks, interval: float) -> None:
+    def __init__(self, inflight: rpc.InFlightLocks, interval: float, delay: float = 0.0) -> None:
         self.inflight = inflight
         self.interval = interval
+        self.delay = delay
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,11 +93,12 @@ class Reconciler:
         return "healed"
 
     def start(self) -> None:
-        """Run now, then every ``interval`` seconds, on a thread of its own."""
+        """Run after ``delay`` seconds, then every ``interval``, on a thread of its own."""
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        self._stop.wait(self.delay)
         while not self._stop.is_set():
             self.run_once()
             self._stop.wait(self.interval)

@@ -1,5 +1,6 @@
 """What every RPC handler shares: request ids, logging without secrets, error
-translation through ``errors.STATUS_CODES``, and per-name/id in-flight locks.
+translation through ``errors.STATUS_CODES``, per-name/id in-flight locks, and the
+UNIMPLEMENTED answer of RPCs a service leaves out (``answer_unimplemented``).
 
 Handlers are written as ``@rpc.handler(lock=...)`` methods that return a response
 or raise; they never call ``context.abort`` or pick a status code themselves.
@@ -21,7 +22,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from csi_driver import errors
-from csi_driver.csi_pb import csi_pb2
+from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
 from csi_driver.storage.secrets import mask_text
 
 LOG = logging.getLogger("csi_driver.rpc")
@@ -31,6 +32,7 @@ LOG = logging.getLogger("csi_driver.rpc")
 SENSITIVE_MAPS = frozenset({"publish_context"})
 
 R = TypeVar("R", bound=Message)
+S = TypeVar("S", bound=type)
 
 
 class InFlightLocks:
@@ -146,6 +148,31 @@ def handler(
         return wrapper
 
     return decorate
+
+
+def answer_unimplemented(cls: S) -> S:
+    """Class decorator for a servicer: every RPC of its generated base class that the
+    class does not define answers UNIMPLEMENTED through ``handler`` (one INFO line),
+    instead of the base's NotImplementedError, which gRPC logs with a traceback."""
+    for base in cls.__mro__[1:]:
+        if base.__module__ != csi_pb2_grpc.__name__:
+            continue
+        service = f"{csi_pb2.DESCRIPTOR.package}.{base.__name__.removesuffix('Servicer')}"
+        for name, member in vars(base).items():
+            if name.startswith("_") or not callable(member):
+                continue
+            owner = next(c for c in cls.__mro__ if name in vars(c))
+            if owner is base:
+                setattr(cls, name, _unimplemented(service, name))
+    return cls
+
+
+def _unimplemented(service: str, name: str) -> Callable[..., Message]:
+    def method(self: Any, request: Any, context: grpc.ServicerContext) -> Message:
+        raise errors.Unimplemented(f"{service}/{name} is not implemented by this plugin")
+
+    method.__name__ = method.__qualname__ = name
+    return handler()(method)
 
 
 def _request_id(context: grpc.ServicerContext) -> str:

@@ -16,16 +16,43 @@ from csi_driver.config import BackendConfig, PluginConfig
 from csi_driver.csi_pb import csi_pb2
 
 GiB = 1024**3
+#: The largest capacity_bytes a CSI message can carry (an int64).
+INT64_MAX = 2**63 - 1
+#: Linux's PATH_MAX, counting the terminating NUL: the longest path a mount takes.
+PATH_MAX = 4096
 #: Keys Kubernetes' external-provisioner adds to parameters (PVC name, secrets...).
 K8S_PARAMETER_PREFIX = "csi.storage.k8s.io/"
 #: StorageClass parameters the plugin understands.
 PARAMETERS = ("backend", "volume_type")
+#: Access mode number -> name, for the modes the spec defines (proto3 keeps other numbers).
+_MODE_NAMES = {v.number: v.name for v in csi_pb2.VolumeCapability.AccessMode.Mode.DESCRIPTOR.values}
 
 
 def require(value: object, field: str) -> None:
     """A REQUIRED field must be set (proto3 leaves unset strings empty)."""
     if not value:
         raise errors.InvalidRequest(f"{field} is required")
+
+
+def require_path(value: str, field: str, *, absolute: bool = True) -> str:
+    """A REQUIRED host path (staging_target_path, target_path, volume_path...) with no NUL
+    byte and shorter than PATH_MAX, which the system calls it reaches would otherwise
+    refuse with errors that are not about the request; absolute, as the spec asks.
+
+    ``absolute=False`` is for a path only compared with what the node recorded
+    (volume_path): csi-sanity sends a relative one there and expects NOT_FOUND.
+    """
+    require(value, field)
+    if "\0" in value:
+        raise errors.InvalidRequest(f"{field} contains a NUL byte")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size >= PATH_MAX:
+        raise errors.InvalidRequest(
+            f"{field} is {size} bytes long; a path has at most {PATH_MAX - 1}"
+        )
+    if absolute and not value.startswith("/"):
+        raise errors.InvalidRequest(f"{field} {value!r} is not an absolute path")
+    return value
 
 
 def optional(message: Any, name: str) -> Any:
@@ -44,6 +71,11 @@ def size_gib(capacity: csi_pb2.CapacityRange | None, minimum_gib: int = 1) -> in
             f"capacity_range.required_bytes {required} exceeds limit_bytes {limit}"
         )
     gib = max(-(-required // GiB), minimum_gib)
+    if gib * GiB > INT64_MAX:
+        raise errors.OutOfRange(
+            f"capacity_range.required_bytes {required} rounds up to {gib * GiB} bytes (whole "
+            f"GiB), more than a volume's capacity_bytes can express ({INT64_MAX})"
+        )
     if limit and gib * GiB > limit:
         raise errors.OutOfRange(
             f"volumes are allocated in whole GiB; the smallest size satisfying the request "
@@ -111,7 +143,9 @@ def unsupported(cap: csi_pb2.VolumeCapability) -> str | None:
     if not cap.HasField("access_mode") or cap.access_mode.mode == cap.access_mode.UNKNOWN:
         return "an access mode is required"
     mode = cap.access_mode.mode
-    name = csi_pb2.VolumeCapability.AccessMode.Mode.Name(mode)
+    if mode not in _MODE_NAMES:
+        return f"access_mode.mode {mode} is not an access mode of the CSI spec"
+    name = _MODE_NAMES[mode]
     if mode not in capabilities.SINGLE_NODE_MODES | capabilities.MULTI_NODE_MODES:
         return f"access mode {name} is not supported"
     if kind == "mount":

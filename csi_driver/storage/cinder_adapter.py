@@ -66,9 +66,10 @@ from oslo_concurrency import processutils  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 from oslo_utils import importutils  # noqa: E402
 
-from csi_driver.storage import connector, runtime, secrets  # noqa: E402
+from csi_driver.storage import connector, crash_points, runtime, secrets  # noqa: E402
 from csi_driver.storage.exceptions import (  # noqa: E402
     BackendSetupError,
+    CapacityError,
     DriverError,
     InvalidArgument,
     InvalidState,
@@ -103,6 +104,7 @@ _EXCEPTION_TYPES: tuple[tuple[type[BaseException], type[StorageError]], ...] = (
     (exception.InvalidInput, InvalidArgument),
     (exception.VolumeNotFound, NotFound),
     (exception.SnapshotNotFound, NotFound),
+    (exception.VolumeSizeExceedsLimit, CapacityError),
 )
 
 
@@ -859,6 +861,7 @@ class DriverHost:
             export_update = self.driver.create_export(context, volume, properties)
             if isinstance(export_update, Mapping):
                 volume.update({k: v for k, v in export_update.items() if k in _VOLUME_KEEPS})
+            crash_points.reach("connect.after-export")
             try:
                 conn_info = self.driver.initialize_connection(volume, properties)
             except Exception:
@@ -877,6 +880,7 @@ class DriverHost:
             context = self._context()
             volume = self._volume_object(context, record, [*others, connection])
             self.driver.terminate_connection(volume, connection["connector"], force=force)
+            crash_points.reach("disconnect.after-terminate")
             if not others:
                 self.driver.remove_export(context, volume)
             return self._volume_changes(volume, None)

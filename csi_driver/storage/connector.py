@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from csi_driver.storage.exceptions import AttachError, InvalidArgument, NotSupported
+from csi_driver.storage.exceptions import AttachError, InvalidArgument
 from csi_driver.storage.secrets import mask_text
 
 if TYPE_CHECKING:
@@ -125,6 +125,8 @@ def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
     from os_brick.initiator import connector as brick_connector
 
     protocol = connection_info["driver_volume_type"]
+    if not isinstance(protocol, str) or not protocol:
+        raise InvalidArgument(f"connection info's driver_volume_type {protocol!r} is not a name")
     try:
         # A node always needs a local block device: os-brick's RBD connector maps the
         # image with krbd (/dev/rbdN) only when asked to (do_local_attach), else it
@@ -137,7 +139,12 @@ def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
             do_local_attach=True,
         )
     except ValueError as exc:
-        raise NotSupported(f"os-brick has no connector for protocol {protocol!r}: {exc}") from exc
+        # The connection document names the protocol: one os-brick does not know is bad
+        # input (a forged or corrupted publish_context), not a missing host feature.
+        raise InvalidArgument(
+            f"connection info's driver_volume_type {mask_text(protocol)!r} names no protocol "
+            f"os-brick can attach: {mask_text(str(exc))}"
+        ) from exc
 
 
 def describe_target(data: dict[str, Any]) -> str:

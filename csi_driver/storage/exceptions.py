@@ -23,6 +23,11 @@ class InvalidArgument(StorageError, ValueError):
     """A caller passed a value the library cannot accept."""
 
 
+class CapacityError(StorageError):
+    """The backend cannot hold a volume of the requested size (e.g. over its file or
+    LUN size limit): the request is too big, not the backend broken."""
+
+
 class BackendSetupError(StorageError):
     """A backend could not be configured or its driver failed to start.
 

@@ -276,6 +276,50 @@ class FileDriver(driver.VolumeDriver):
                 data=f"FileDriver backend {self.backend_name!r}: {action} failed: {exc}"
             ) from exc
 
+    def _grow(self, target: int | str, size: int) -> None:
+        """Set a new or growing file (an fd or a path) to ``size`` bytes.
+
+        A size the filesystem cannot hold (EFBIG; beyond off_t is OverflowError) is the
+        request's fault, not the backend's: it is raised as Cinder's
+        ``VolumeSizeExceedsLimit`` naming the largest size that fits.
+        """
+        try:
+            if isinstance(target, int):
+                os.ftruncate(target, size)
+            else:
+                os.truncate(target, size)
+        except OverflowError as exc:
+            raise self._too_big(size) from exc
+        except OSError as exc:
+            if exc.errno != errno.EFBIG:
+                raise
+            raise self._too_big(size) from exc
+
+    def _too_big(self, size: int) -> exception.VolumeSizeExceedsLimit:
+        return exception.VolumeSizeExceedsLimit(
+            size=-(-size // units.Gi), limit=self._largest_file_gib()
+        )
+
+    def _largest_file_gib(self) -> int:
+        """The largest whole number of GiB a file in ``file_volumes_dir`` can have, found
+        by growing an empty staging file (sparse: nothing is allocated) by bisection."""
+        fd, probe = tempfile.mkstemp(dir=self.volumes_dir, prefix=".probe-", suffix=_TMP_SUFFIX)
+        try:
+            fits, too_big = 0, 2**63 // units.Gi  # 2**63 bytes is beyond off_t
+            while too_big - fits > 1:
+                middle = (fits + too_big) // 2
+                try:
+                    os.ftruncate(fd, middle * units.Gi)
+                except (OSError, OverflowError):
+                    too_big = middle
+                else:
+                    fits = middle
+            return fits
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe)
+
     def _copy_file(self, src: str, dst: str, min_size: int, not_found: Exception) -> None:
         """Copy ``src`` to a new file ``dst`` (reflink or sparse copy), then grow it to
         ``min_size`` bytes. ``not_found`` is raised when ``src`` does not exist."""
@@ -297,7 +341,7 @@ class FileDriver(driver.VolumeDriver):
                 if not _reflink(src_fd, dst_fd):
                     sparse_copy(src_fd, dst_fd)
                 if min_size > src_size:
-                    os.ftruncate(dst_fd, min_size)
+                    self._grow(dst_fd, min_size)
         finally:
             os.close(src_fd)
 
@@ -309,7 +353,7 @@ class FileDriver(driver.VolumeDriver):
             self._os_errors(f"create_volume {volume.id}"),
             self._staged(self.volume_path(volume)) as fd,
         ):
-            os.ftruncate(fd, volume.size * units.Gi)
+            self._grow(fd, volume.size * units.Gi)
 
     def delete_volume(self, volume: Volume) -> None:
         """Remove the volume's file; a file that is already gone counts as deleted.
@@ -345,7 +389,7 @@ class FileDriver(driver.VolumeDriver):
                     )
                 )
             if new_bytes > current:
-                os.truncate(path, new_bytes)
+                self._grow(path, new_bytes)
 
     def create_cloned_volume(self, volume: Volume, src_vref: Volume) -> None:
         """Copy ``src_vref``'s file (reflink or sparse copy), grown to ``volume.size`` GiB."""

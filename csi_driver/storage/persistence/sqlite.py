@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -86,6 +87,50 @@ _UPSERT = {kind: _upsert_sql(kind) for kind in _TABLES}
 _SYNCHRONOUS = ("FULL", "NORMAL")
 
 
+#: Files SQLite keeps beside the database in WAL mode.
+_WAL_SUFFIXES = ("-wal", "-shm")
+#: Permission bits of group and others.
+_SHARED_BITS = 0o077
+
+
+def _check_directory(path: str, directory: str) -> None:
+    """Warn when others may enter the store's directory: they can see its files come
+    and go, and any file a tool leaves there readable is theirs to read."""
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    if mode & _SHARED_BITS:
+        LOG.warning("metadata store %s: its directory %s is open to group or others "
+                    "(mode %04o); make it 0700", path, directory, mode)  # fmt: skip
+
+
+def _private_files(path: str) -> None:
+    """Make the database file mode 0600 (creating it so, before SQLite would create it
+    0644 under the usual umask), and take group and other permissions off an existing
+    one and its -wal and -shm files: connection records can hold CHAP secrets.
+
+    SQLite creates the -wal and -shm files with the database file's permissions.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"metadata store {path}: cannot open: {exc.strerror}") from exc
+    os.close(fd)
+    for name in (path, *(path + suffix for suffix in _WAL_SUFFIXES)):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & _SHARED_BITS:
+            continue
+        try:
+            os.chmod(name, mode & ~_SHARED_BITS)
+        except OSError as exc:
+            LOG.warning("metadata store %s: %s is open to group or others (mode %04o) and "
+                        "cannot be made private: %s", path, name, mode, exc.strerror)  # fmt: skip
+        else:
+            LOG.warning("metadata store %s: %s was open to group or others (mode %04o); "
+                        "made it %04o", path, name, mode, mode & ~_SHARED_BITS)  # fmt: skip
+
+
 class SQLiteStore(MetadataStore):
     """Records in one SQLite file (WAL mode), one connection per thread."""
 
@@ -125,6 +170,8 @@ class SQLiteStore(MetadataStore):
                 f"metadata store {self.path}: directory {directory} does not exist "
                 "(it is not created: check the configured path)"
             )
+        _check_directory(self.path, directory)
+        _private_files(self.path)
         self._local = threading.local()
         self._lock = threading.Lock()  # guards _conns and _closed
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []

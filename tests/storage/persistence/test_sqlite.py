@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -394,3 +398,67 @@ def test_record_contents_are_not_logged(db: Path, caplog: pytest.LogCaptureFixtu
     assert caplog.records, "opening a new store logs its schema creation"
     assert "hunter2" not in caplog.text
     assert "hunter2" not in str(info.value)
+
+
+# -- file permissions: connection records can hold CHAP secrets ----------------------------------
+def _modes(db: Path) -> dict[str, str]:
+    files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+    return {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files if f.exists()}
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The usual umask (022), under which SQLite would make its files 0644."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_new_store_files_are_private(db: Path) -> None:
+    store = SQLiteStore(path=db)
+    try:
+        store.set_value("k", "v")  # a write: the -wal and -shm files exist now
+
+        assert _modes(db) == {name: "0o600" for name in (db.name, f"{db.name}-wal",
+                                                         f"{db.name}-shm")}  # fmt: skip
+    finally:
+        store.close()
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_existing_store_files_are_made_private(db: Path) -> None:
+    """A store (and WAL files) written by an earlier release or another tool, 0644."""
+    SQLiteStore(path=db).close()
+    raw = sqlite3.connect(db)  # holds the -wal and -shm files open, as a live reader would
+    try:
+        raw.execute("SELECT count(*) FROM volumes").fetchone()
+        for name in _modes(db):
+            os.chmod(db.parent / name, 0o644)
+        assert set(_modes(db).values()) == {"0o644"} and len(_modes(db)) == 3
+
+        SQLiteStore(path=db).close()
+
+        assert set(_modes(db).values()) == {"0o600"}, _modes(db)
+    finally:
+        raw.close()
+
+
+def test_store_in_a_directory_others_can_enter_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    private.mkdir(mode=0o700)
+    caplog.set_level(logging.WARNING, logger="csi_driver.storage.persistence.sqlite")
+
+    SQLiteStore(path=private / "metadata.db").close()
+    assert caplog.records == []
+    SQLiteStore(path=shared / "metadata.db").close()
+
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert str(shared) in caplog.records[0].getMessage()
+    assert "0755" in caplog.records[0].getMessage()
