@@ -21,7 +21,7 @@ def demo(data_dir: str) -> int:
     from csi_driver import storage
 
     data_dir = os.path.abspath(data_dir)
-    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)  # holds the store: root-only
     store_path = os.path.join(data_dir, "metadata.sqlite")
     storage.setup(
         persistence_config={"storage": "sqlite", "path": store_path},

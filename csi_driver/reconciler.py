@@ -103,8 +103,12 @@ class Reconciler:
             self.run_once()
             self._stop.wait(self.interval)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the resource being healed now, if any (waits up to ``timeout``)."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop after the resource being healed now, if any, waiting up to ``timeout``;
+        whether it has stopped (a driver call may outlast the wait: its record says
+        what was in flight, so the next start heals it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from csi_driver import errors
 from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
+from csi_driver.storage import crash_points
 from csi_driver.storage.secrets import mask_text
 
 LOG = logging.getLogger("csi_driver.rpc")
@@ -113,6 +114,9 @@ def handler(
 
     def decorate(method: Callable[..., R]) -> Callable[..., R]:
         name = method.__name__
+        crash_point = f"rpc.{name}.before-response"  # fault injection: work done, no answer
+        if crash_point not in crash_points.POINTS:
+            crash_point = ""
 
         @functools.wraps(method)
         def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
@@ -140,6 +144,8 @@ def handler(
                     text = f"{text} (request id {request_id})"
                 context.abort(code, text)
                 raise AssertionError("context.abort returned") from exc  # pragma: no cover
+            if crash_point:
+                crash_points.reach(crash_point)
             LOG.info("[%s] %s ok (%.3fs)", request_id, name, time.monotonic() - started)
             if LOG.isEnabledFor(logging.DEBUG):
                 LOG.debug("[%s] %s response: %s", request_id, name, describe(response))

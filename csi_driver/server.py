@@ -1,9 +1,16 @@
 """The gRPC server: set the storage library up for the mode, register the services,
-listen, and stop gracefully on SIGTERM/SIGINT. No CSI logic lives here.
+listen, and stop on SIGTERM/SIGINT within a bounded grace. No CSI logic lives here.
 
 Modes: ``controller`` (Identity + Controller: configures the backends and the
 metadata store), ``node`` (Identity + Node: attach-only, no store, no backend
 credentials), ``all`` (the three, one process).
+
+Shutdown: the first SIGTERM/SIGINT stops new calls at once (they get UNAVAILABLE) and
+waits for the calls in flight up to ``shutdown_grace_seconds`` from the signal; a
+second signal stops the wait. When they all finished, the backends are closed and
+``serve`` returns. When some still run (a driver call cannot be interrupted), the
+process logs them and exits 0 at the bound anyway, before Kubernetes' SIGKILL: each
+operation's stored record says what was in flight, so the CO's retry heals it.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -27,12 +36,19 @@ from csi_driver.controller import ControllerService
 from csi_driver.csi_pb import csi_pb2_grpc
 from csi_driver.identity import IdentityService
 from csi_driver.node import NodeService
+from csi_driver.reconciler import Reconciler
 from csi_driver.storage import connector
+from csi_driver.storage.secrets import mask_text
 
 LOG = logging.getLogger(__name__)
 MODES = ("controller", "node", "all")
-#: Seconds in-flight calls get to finish after SIGTERM before they are cancelled.
-GRACE_SECONDS = 30.0
+#: Seconds a forced exit gives gRPC to end the abandoned calls (clients see UNAVAILABLE).
+CANCEL_SECONDS = 0.5
+#: Seconds the clean path may wait for idle workers even when the grace is spent.
+JOIN_FLOOR_SECONDS = 0.5
+#: Seconds past the grace at which a watchdog ends the process whatever still runs, so
+#: the exit stays within grace + 2 s of the signal even if a shutdown step hangs.
+WATCHDOG_SECONDS = 1.5
 
 
 class EndpointError(ValueError):
@@ -124,22 +140,139 @@ def setup_storage(config: PluginConfig, mode: str) -> list[storage.Backend]:
     return started
 
 
+@dataclass(frozen=True)
+class Call:
+    """A call being served, as the shutdown log names it."""
+
+    method: str
+    request_id: str
+    started: float  # time.monotonic()
+
+    def describe(self, now: float) -> str:
+        return f"{self.method} [{self.request_id}] running {now - self.started:.1f}s"
+
+
+class InFlightCalls(grpc.ServerInterceptor):
+    """Tracks the unary calls being run, so shutdown knows whether to wait and can say
+    which calls it abandons.
+
+    A call without an ``x-request-id`` gets one here, put into the metadata its
+    handler sees, so the handler's log lines and the shutdown warning name the same id.
+    """
+
+    def __init__(self, on_end: Callable[[], None] = lambda: None) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[object, Call] = {}
+        self._on_end = on_end
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # CSI has only unary calls; anything else passes untracked
+        method = handler_call_details.method.rpartition("/")[2]
+        return grpc.unary_unary_rpc_method_handler(
+            self._tracked(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _tracked(self, method: str, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            metadata, request_id = _with_request_id(context.invocation_metadata() or ())
+            key = object()
+            with self._lock:
+                self._calls[key] = Call(method, request_id, time.monotonic())
+            try:
+                return behavior(request, _ContextWithMetadata(context, metadata))
+            finally:
+                with self._lock:
+                    del self._calls[key]
+                self._on_end()
+
+        return run
+
+    def running(self) -> list[Call]:
+        with self._lock:
+            return sorted(self._calls.values(), key=lambda call: call.started)
+
+
+def _with_request_id(metadata: Sequence[tuple[str, Any]]) -> tuple[tuple[Any, ...], str]:
+    """The metadata with an ``x-request-id`` (added when missing), and that id as the
+    handlers log it (``rpc._request_id``: masked, at most 64 characters)."""
+    for key, value in metadata:
+        if key == "x-request-id" and isinstance(value, str) and value:
+            return tuple(metadata), mask_text(value)[:64]
+    request_id = uuid.uuid4().hex[:12]
+    return (*metadata, ("x-request-id", request_id)), request_id
+
+
+class _ContextWithMetadata:
+    """A servicer context whose ``invocation_metadata`` is the one given; everything
+    else is the real context's."""
+
+    def __init__(self, context: grpc.ServicerContext, metadata: tuple[Any, ...]) -> None:
+        self._context = context
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[Any, ...]:
+        return self._metadata
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _Shutdown:
+    """SIGTERM/SIGINT: the first asks for a graceful stop and starts the grace; a
+    second cuts the wait short (never lengthens it). ``wake`` is set on every signal
+    and every call's end, so one wait in the main thread sees both."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.hurry = threading.Event()
+        self.wake = threading.Event()
+        self.signalled_at = 0.0
+        self.signal_name = ""
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.requested.is_set():
+            self.hurry.set()
+        else:
+            self.signalled_at = time.monotonic()
+            self.signal_name = signal.Signals(signum).name
+            self.requested.set()
+        self.wake.set()
+
+
 def build_server(
-    config: PluginConfig, mode: str, max_workers: int = 10
-) -> tuple[grpc.Server, futures.ThreadPoolExecutor]:
-    """A gRPC server with the services of the mode registered (not started), and its
-    worker pool, which gRPC does not shut down itself."""
+    config: PluginConfig,
+    mode: str,
+    max_workers: int = 10,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> tuple[grpc.Server, futures.ThreadPoolExecutor, Reconciler | None]:
+    """A gRPC server with the services of the mode registered (not started), its worker
+    pool, which gRPC does not shut down itself, and the controller's reconciler (not
+    started; None without a controller)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="csi")
-    server = grpc.server(executor)
-    controller = mode in ("controller", "all")
+    server = grpc.server(executor, interceptors=interceptors)
+    reconciler = None
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config), server)
-    if controller:
-        csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(config), server)
+    if mode in ("controller", "all"):
+        controller = ControllerService(config)
+        reconciler = controller.reconciler
+        csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)
     if mode in ("node", "all"):
-        csi_pb2_grpc.add_NodeServicer_to_server(NodeService(config), server)
-    return server, executor
+        csi_pb2_grpc.add_NodeServicer_to_server(NodeService(config, mode), server)
+    return server, executor, reconciler
 
 
 def listen(server: grpc.Server, endpoint: Endpoint) -> None:
@@ -158,27 +291,105 @@ def serve(
     mode: str,
     on_ready: Callable[[Endpoint], None] | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then let in-flight calls finish and clean up."""
+    """Run until SIGTERM or SIGINT, then let in-flight calls finish within the grace
+    and clean up; exits the process itself (code 0) if calls outlive the grace."""
     backends = setup_storage(config, mode)
-    server, executor = build_server(config, mode)
-    stop = threading.Event()
+    shutdown = _Shutdown()
+    calls = InFlightCalls(on_end=shutdown.wake.set)
+    server, executor, reconciler = build_server(config, mode, interceptors=(calls,))
+    listening = False
     try:
         listen(server, endpoint)
+        listening = True
+        shutdown.install()
         server.start()
         LOG.info("serving CSI %s mode on %s (driver %s, backends: %s)", mode, endpoint,
                  config.driver_name, ", ".join(b.name for b in backends) or "none")  # fmt: skip
+        if reconciler is not None:
+            reconciler.start()
         if on_ready is not None:
             on_ready(endpoint)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        stop.wait()
-        LOG.info("stopping: letting in-flight calls finish (up to %.0fs)", GRACE_SECONDS)
-        server.stop(GRACE_SECONDS).wait()
+        shutdown.requested.wait()
+        grace = config.shutdown_grace_seconds
+        deadline = shutdown.signalled_at + grace
+        _start_watchdog(deadline + WATCHDOG_SECONDS)
+        if reconciler is not None:  # no new pass; one healing now is waited for below
+            reconciler.stop(timeout=0)
+        LOG.info("stopping on %s: refusing new calls; %d in flight get up to %.1fs to finish",
+                 shutdown.signal_name, len(calls.running()), grace)  # fmt: skip
+        server.stop(max(0.0, deadline - time.monotonic()))  # returns at once
+        finished = _drain(calls, shutdown, deadline) and _join_workers(executor, deadline)
+        if reconciler is not None:
+            finished = reconciler.stop(timeout=max(0.0, deadline - time.monotonic())) and finished
+        if not finished:
+            _abandon(server, endpoint, calls, shutdown)
     finally:
         server.stop(0)
         executor.shutdown(wait=True, cancel_futures=True)
         for backend in backends:
             backend.close()
-        if endpoint.scheme == "unix" and os.path.exists(endpoint.address):
-            os.unlink(endpoint.address)
-        LOG.info("stopped")
+        if listening:  # else the socket, if any, is another process's
+            _remove_socket(endpoint)
+        LOG.info("stopped; backends closed: %s", ", ".join(b.name for b in backends) or "none")
+
+
+def _drain(calls: InFlightCalls, shutdown: _Shutdown, deadline: float) -> bool:
+    """Wait until no call runs, the deadline passes or a second signal comes; whether
+    every call finished."""
+    while True:
+        shutdown.wake.clear()
+        if not calls.running():
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or shutdown.hurry.is_set():
+            return False
+        shutdown.wake.wait(remaining)
+
+
+def _join_workers(executor: futures.ThreadPoolExecutor, deadline: float) -> bool:
+    """Shut the worker pool down, waiting until the deadline at most: a call that
+    reached a worker after the drain saw none running must not hold the exit up."""
+    joiner = threading.Thread(
+        target=executor.shutdown, kwargs={"wait": True, "cancel_futures": True},
+        name="csi-shutdown", daemon=True,
+    )  # fmt: skip
+    joiner.start()
+    joiner.join(max(JOIN_FLOOR_SECONDS, deadline - time.monotonic()))
+    return not joiner.is_alive()
+
+
+def _abandon(
+    server: grpc.Server, endpoint: Endpoint, calls: InFlightCalls, shutdown: _Shutdown
+) -> NoReturn:
+    """Exit now although calls still run: their threads are inside driver calls that
+    cannot be stopped or joined, and waiting longer gets the pod SIGKILLed. The backends
+    are not closed (the running calls use them); each operation's stored record says
+    what was in flight, so the CO's retry after the restart finishes or undoes it."""
+    now = time.monotonic()
+    running = calls.running()
+    reason = "a second signal came" if shutdown.hurry.is_set() else "the grace is over"
+    LOG.warning("exiting %.1fs after %s since %s, abandoning %d call(s) still running: %s",
+                now - shutdown.signalled_at, shutdown.signal_name, reason, len(running),
+                "; ".join(call.describe(now) for call in running) or "none tracked")  # fmt: skip
+    server.stop(0).wait(CANCEL_SECONDS)  # a status for the clients, not a dropped socket
+    _remove_socket(endpoint)
+    logging.shutdown()  # flushes every handler
+    os._exit(0)
+
+
+def _start_watchdog(at: float) -> None:
+    """End the process at ``at`` (monotonic time) with code 1 if it still runs: a step
+    of the shutdown that hangs (a backend's close, a log handler on a full pipe) must
+    not outlast the bound. It writes to fd 2 directly, as logging may be what hangs."""
+
+    def expire() -> None:
+        time.sleep(max(0.0, at - time.monotonic()))
+        os.write(2, b"csi-driver: the shutdown did not finish in time; exiting now\n")
+        os._exit(1)
+
+    threading.Thread(target=expire, name="csi-shutdown-watchdog", daemon=True).start()
+
+
+def _remove_socket(endpoint: Endpoint) -> None:
+    if endpoint.scheme == "unix" and os.path.exists(endpoint.address):
+        os.unlink(endpoint.address)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 from cinder import exception
@@ -226,3 +227,56 @@ class BusyOnDeleteFileDriver(FaultInjectingFileDriver):
         if self._busy():
             raise exception.SnapshotIsBusy(snapshot_name=snapshot.name)
         super().delete_snapshot(snapshot)
+
+
+slow_opts = [
+    cfg.ListOpt(
+        "fault_slow_operations",
+        default=[],
+        help="Driver methods that sleep before running (fault injection for tests).",
+    ),
+    cfg.FloatOpt(
+        "fault_slow_seconds",
+        default=0.0,
+        help="How long each slowed method sleeps.",
+    ),
+    cfg.StrOpt(
+        "fault_slow_marker_dir",
+        help="Directory where a slowed method touches a file named after itself as its "
+        "sleep begins, so a test knows the call has reached the driver.",
+    ),
+]
+
+
+class SlowFileDriver(FileDriver):
+    """FileDriver whose named methods hang for a while (fault injection, a fake on
+    purpose): an array that takes minutes to answer, to watch how the plugin stops
+    while a driver call is still running.
+
+    ``fault_slow_operations`` names the methods (only ``create_volume`` and
+    ``delete_volume`` are slowed), ``fault_slow_seconds`` the sleep before the real
+    method runs, and ``fault_slow_marker_dir``, if set, gets a file named after the
+    method when the sleep begins.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(slow_opts)
+
+    def _maybe_sleep(self, method: str) -> None:
+        if method not in (self.configuration.safe_get("fault_slow_operations") or []):
+            return
+        marker_dir = self.configuration.safe_get("fault_slow_marker_dir")
+        if marker_dir:
+            os.makedirs(marker_dir, exist_ok=True)
+            with open(os.path.join(marker_dir, method), "a", encoding="utf-8"):
+                pass
+        time.sleep(self.configuration.safe_get("fault_slow_seconds") or 0.0)
+
+    def create_volume(self, volume: Any) -> Any:
+        self._maybe_sleep("create_volume")
+        return super().create_volume(volume)
+
+    def delete_volume(self, volume: Any) -> Any:
+        self._maybe_sleep("delete_volume")
+        return super().delete_volume(volume)
