@@ -249,12 +249,11 @@ def test_controller_crash_sweep(tmp_path: Path, mode: str) -> None:
         )
     keep = {keep_volume, keep_snapshot}
     must_exist = {"volumes": {keep_volume}, "snapshots": {keep_snapshot}}
+    delay = 3600.0 if mode == "retried" else 0.0
+    with site.running() as stubs:
+        ctx = cases[0][0].prepare(stubs, "case-0")
     for n, (op, point) in enumerate(cases):
-        tag = f"{op.name}-{n}"
-        with site.running() as stubs:
-            ctx = op.prepare(stubs, tag)
         site.crash(point, lambda s, op=op, ctx=ctx: op.call(s, ctx))
-        delay = 3600.0 if mode == "retried" else 0.0
         with site.running(reconcile_delay=delay) as stubs:
             if mode == "abandoned":
                 site.wait_settled()
@@ -267,6 +266,8 @@ def test_controller_crash_sweep(tmp_path: Path, mode: str) -> None:
                 totals[key] += len(found)
             assert not audit.problems(), f"{point} ({mode}): {audit.problems()}"
             _cleanup(stubs, site, keep)
+            if n + 1 < len(cases):  # the next case's set-up, in the same process
+                ctx = cases[n + 1][0].prepare(stubs, f"case-{n + 1}")
     bystander = [r for r in site.records("connections") if r["volume_id"] == keep_volume]
     assert len(bystander) == 1 and bystander[0]["status"] == "connected"
     print(f"\ncrash sweep ({mode}): {len(cases)} crash points tried over "

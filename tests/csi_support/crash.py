@@ -61,8 +61,8 @@ class Site:
         if reconcile_delay not in self._configs:
             folder = self.root / f"config-{len(self._configs)}"
             folder.mkdir()
-            path = plugin.write_config(folder, backends=[plugin.file_backend(self.root / "volumes")],
-                                       **self._extra)  # fmt: skip
+            backends = [plugin.file_backend(self.root / "volumes")]
+            path = plugin.write_config(folder, backends=backends, **self._extra)
             text = path.read_text().replace(str(folder), str(self.root))
             text += f"reconcile_delay_seconds: {reconcile_delay}\nreconcile_interval_seconds: 1\n"
             path.write_text(text)
@@ -82,38 +82,10 @@ class Site:
                 stubs.close()
 
     def crash(self, point: str, call: Callable[[plugin.Stubs], Any]) -> str:
-        """Start the plugin armed at ``point``, make ``call`` and see the process die there.
-
-        Returns the plugin's log. Fails when the call completes instead: the point is
-        then not on that call's path.
-        """
+        """Start the plugin armed at ``point``, make ``call`` and see the process die there."""
         self.starts += 1
         name = f"{self.mode}-{self.starts}-armed"
-        process = plugin.PluginProcess(
-            self.config(3600.0), self.mode, self.root / f"{name}.sock", self.root / f"{name}.log",
-            env={crash_points.ENV: point},
-        ).start()  # fmt: skip
-        stubs = plugin.Stubs(process)
-        try:
-            try:
-                call(stubs)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise AssertionError(
-                        f"armed at {point}: the call failed with {exc.code()} ({exc.details()}) "
-                        "instead of losing the plugin"
-                    ) from exc
-            else:
-                raise AssertionError(f"armed at {point}: the call completed; point not reached")
-            assert process.process is not None
-            code = process.process.wait(timeout=30)
-        finally:
-            stubs.close()
-        assert code == -9, f"armed at {point}: plugin exited {code}, not by SIGKILL"
-        assert f"crash point {point} reached" in process.log()
-        if os.path.exists(process.socket):
-            os.unlink(process.socket)  # what a killed plugin leaves; the next start checks it
-        return process.log()
+        return die_at(point, self.config(3600.0), self.mode, self.root, name, call)
 
     # -- what the store and the backend hold ------------------------------------------------
     def records(self, kind: str) -> list[dict[str, Any]]:
@@ -162,6 +134,45 @@ class Site:
                           for s in snapshots if s["volume_id"] not in volume_ids]  # fmt: skip
         found.leaked = plugin.leftovers(self.root)
         return found
+
+
+def die_at(
+    point: str,
+    config: Path,
+    mode: str,
+    directory: Path,
+    name: str,
+    call: Callable[[plugin.Stubs], Any],
+) -> str:
+    """Start a plugin armed at ``point``, make ``call`` and see the process die there;
+    returns its log. Fails when the call completes instead: the point is then not on
+    that call's path.
+    """
+    process = plugin.PluginProcess(
+        config, mode, directory / f"{name}.sock", directory / f"{name}.log",
+        env={crash_points.ENV: point},
+    ).start()  # fmt: skip
+    stubs = plugin.Stubs(process)
+    try:
+        try:
+            call(stubs)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise AssertionError(
+                    f"armed at {point}: the call failed with {exc.code()} ({exc.details()}) "
+                    "instead of losing the plugin"
+                ) from exc
+        else:
+            raise AssertionError(f"armed at {point}: the call completed; point not reached")
+        assert process.process is not None
+        code = process.process.wait(timeout=30)
+    finally:
+        stubs.close()
+    assert code == -9, f"armed at {point}: plugin exited {code}, not by SIGKILL"
+    assert f"crash point {point} reached" in process.log()
+    if os.path.exists(process.socket):
+        os.unlink(process.socket)  # what a killed plugin leaves; the next start checks it
+    return process.log()
 
 
 def retry(call: Callable[[], Any], attempts: int = 40) -> Any:
