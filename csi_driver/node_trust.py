@@ -77,6 +77,8 @@ def local_device(connection: Connection, roots: Sequence[str]) -> str | None:
     if not isinstance(path, str) or not path:
         raise errors.InvalidRequest("local connection: data.device_path is missing")
     if "\0" in path or not os.path.isabs(path) or ".." in path.split("/"):
+        SECURITY.warning("SECURITY: refused a local connection of volume %s to %r: not a "
+                         "canonical absolute path", connection.volume_id, path)  # fmt: skip
         raise errors.InvalidRequest(
             f"local connection: device_path {path!r} is not a canonical absolute path"
         )

@@ -35,19 +35,17 @@ def write_config(directory: Path, backends: list[dict[str, Any]] | None = None,
                  **overrides: Any) -> Path:  # fmt: skip
     """A plugin config under ``directory``: FileDriver + SQLite unless told otherwise.
 
-    The node may attach the FileDriver backends' files (``node.local_roots``), as a
-    node beside such a controller must be told to in any mode but ``all``.
+    A node in ``--mode node`` also needs ``node={"local_roots": [...]}`` naming the
+    FileDriver's directory (``all`` mode derives it from the backends).
     """
     backends = backends or [file_backend(directory / "volumes")]
-    roots = [b["options"]["file_volumes_dir"] for b in backends
-             if b.get("options", {}).get("file_volumes_dir")]  # fmt: skip
     config: dict[str, Any] = {
         "storage": {
             "persistence_config": {"storage": "sqlite", "path": str(directory / "meta.sqlite")},
             "file_locks_path": str(directory / "locks"),
         },
         "backends": backends,
-        "node": {"state_dir": str(directory / "node"), "local_roots": roots},
+        "node": {"state_dir": str(directory / "node")},
     }
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(config.get(key), dict):

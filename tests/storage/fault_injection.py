@@ -245,6 +245,12 @@ slow_opts = [
         help="Directory where a slowed method touches a file named after itself as its "
         "sleep begins, so a test knows the call has reached the driver.",
     ),
+    cfg.BoolOpt(
+        "fault_slow_once",
+        default=False,
+        help="Sleep only while the method's marker file does not exist yet: the first "
+        "call hangs, the retry after a restart runs at full speed.",
+    ),
 ]
 
 
@@ -253,10 +259,11 @@ class SlowFileDriver(FileDriver):
     purpose): an array that takes minutes to answer, to watch how the plugin stops
     while a driver call is still running.
 
-    ``fault_slow_operations`` names the methods (only ``create_volume`` and
-    ``delete_volume`` are slowed), ``fault_slow_seconds`` the sleep before the real
-    method runs, and ``fault_slow_marker_dir``, if set, gets a file named after the
-    method when the sleep begins.
+    ``fault_slow_operations`` names the methods (``create_volume``, ``delete_volume``,
+    ``extend_volume``, ``create_snapshot`` and ``initialize_connection`` can be slowed),
+    ``fault_slow_seconds`` the sleep before the real method runs, and
+    ``fault_slow_marker_dir``, if set, gets a file named after the method when the sleep
+    begins; with ``fault_slow_once`` a method whose marker exists runs at full speed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -267,6 +274,9 @@ class SlowFileDriver(FileDriver):
         if method not in (self.configuration.safe_get("fault_slow_operations") or []):
             return
         marker_dir = self.configuration.safe_get("fault_slow_marker_dir")
+        once = self.configuration.safe_get("fault_slow_once")
+        if marker_dir and once and os.path.exists(os.path.join(marker_dir, method)):
+            return
         if marker_dir:
             os.makedirs(marker_dir, exist_ok=True)
             with open(os.path.join(marker_dir, method), "a", encoding="utf-8"):
@@ -280,3 +290,15 @@ class SlowFileDriver(FileDriver):
     def delete_volume(self, volume: Any) -> Any:
         self._maybe_sleep("delete_volume")
         return super().delete_volume(volume)
+
+    def extend_volume(self, volume: Any, new_size: int) -> Any:
+        self._maybe_sleep("extend_volume")
+        return super().extend_volume(volume, new_size)
+
+    def create_snapshot(self, snapshot: Any) -> Any:
+        self._maybe_sleep("create_snapshot")
+        return super().create_snapshot(snapshot)
+
+    def initialize_connection(self, volume: Any, connector: Any) -> dict[str, Any]:
+        self._maybe_sleep("initialize_connection")
+        return super().initialize_connection(volume, connector)
