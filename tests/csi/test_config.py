@@ -60,6 +60,29 @@ def test_empty_config_has_no_default_backend() -> None:
     assert cfg.default_backend is None
 
 
+def test_reliability_and_safety_defaults() -> None:
+    cfg = config.from_dict(None)
+
+    assert cfg.node.local_roots == ()
+    assert cfg.signing_key_file is None
+    assert cfg.shutdown_grace_seconds == 20.0
+    assert cfg.reconcile_interval_seconds == 60.0
+    assert cfg.reconcile_delay_seconds == 0.0
+
+
+def test_local_roots_per_mode() -> None:
+    """A node alone attaches under its configured roots only; in ``all`` mode the
+    FileDriver backends' directories are added (the node shares their host)."""
+    cfg = config.from_dict({
+        "backends": [backend("files", options={"file_volumes_dir": "/srv/volumes"}),
+                     backend("other")],
+        "node": {"local_roots": ["/data/extra/"]},
+    })  # fmt: skip
+
+    assert cfg.local_roots("node") == ("/data/extra",)
+    assert cfg.local_roots("all") == ("/data/extra", "/srv/volumes")
+
+
 def test_relative_state_dir_is_made_absolute() -> None:
     cfg = config.from_dict({"node": {"state_dir": "relative/node-state"}})
 
@@ -136,6 +159,21 @@ INVALID: list[Any] = [
         {"node": {"topology": {"zone": 1}}},
         "node.topology.zone",
         id="node-topology-value-not-string",
+    ),
+    pytest.param({"node": {"local_roots": "/srv"}}, "node.local_roots", id="local-roots-not-list"),
+    pytest.param(
+        {"node": {"local_roots": ["relative/dir"]}}, "node.local_roots[0]", id="local-root-relative"
+    ),
+    pytest.param({"signing_key_file": ""}, "signing_key_file", id="signing-key-file-empty"),
+    pytest.param({"shutdown_grace_seconds": 0}, "shutdown_grace_seconds", id="shutdown-grace-zero"),
+    pytest.param(
+        {"shutdown_grace_seconds": True}, "shutdown_grace_seconds", id="shutdown-grace-bool"
+    ),
+    pytest.param(
+        {"reconcile_interval_seconds": -1}, "reconcile_interval_seconds", id="reconcile-negative"
+    ),
+    pytest.param(
+        {"reconcile_delay_seconds": "soon"}, "reconcile_delay_seconds", id="reconcile-delay-text"
     ),
     pytest.param({"driver_name": "-leading-dash"}, "driver_name", id="driver-name-leading-dash"),
     pytest.param({"driver_name": "has space"}, "driver_name", id="driver-name-space"),
