@@ -315,9 +315,9 @@ def serve(
         _start_watchdog(deadline + WATCHDOG_SECONDS)
         if reconciler is not None:  # no new pass; one healing now is waited for below
             reconciler.stop(timeout=0)
+        server.stop(max(0.0, deadline - time.monotonic()))  # returns at once
         LOG.info("stopping on %s: refusing new calls; %d in flight get up to %.1fs to finish",
                  shutdown.signal_name, len(calls.running()), grace)  # fmt: skip
-        server.stop(max(0.0, deadline - time.monotonic()))  # returns at once
         finished = _drain(calls, shutdown, deadline) and _join_workers(executor, deadline)
         if reconciler is not None:
             finished = reconciler.stop(timeout=max(0.0, deadline - time.monotonic())) and finished
