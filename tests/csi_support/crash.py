@@ -153,6 +153,7 @@ def die_at(
         env={crash_points.ENV: point},
     ).start()  # fmt: skip
     stubs = plugin.Stubs(process)
+    assert process.process is not None
     try:
         try:
             call(stubs)
@@ -164,8 +165,11 @@ def die_at(
                 ) from exc
         else:
             raise AssertionError(f"armed at {point}: the call completed; point not reached")
-        assert process.process is not None
         code = process.process.wait(timeout=30)
+    except BaseException:
+        process.process.kill()  # never leave an armed plugin behind
+        process.process.wait()
+        raise
     finally:
         stubs.close()
     assert code == -9, f"armed at {point}: plugin exited {code}, not by SIGKILL"
