@@ -61,6 +61,10 @@ class NodeConfig:
     #: FileDriver's volumes). Empty by default: a node attaches no host path unless told.
     #: In ``--mode all`` the FileDriver backends' ``file_volumes_dir`` are added.
     local_roots: tuple[str, ...] = ()
+    #: Directories under which staging and publish target paths must lie (canonical:
+    #: symlinks resolved, on both sides). The CO's paths live in the kubelet's directory;
+    #: a path anywhere else is refused rather than mounted on.
+    mount_roots: tuple[str, ...] = ("/var/lib/kubelet",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,12 +218,12 @@ def _node(raw: Any) -> NodeConfig:
     if my_ip is not None:
         _string(my_ip, "node.my_ip")
     state_dir = _string(data.get("state_dir", NodeConfig.state_dir), "node.state_dir")
-    local_roots = []
-    for i, root in enumerate(_list(data.get("local_roots"), "node.local_roots")):
-        where = f"node.local_roots[{i}]"
-        if not os.path.isabs(_string(root, where)) or "\0" in root:
-            raise ConfigError(f"{where}: {root!r} is not an absolute path")
-        local_roots.append(os.path.normpath(root))
+    local_roots = _paths(data.get("local_roots"), "node.local_roots")
+    mount_roots = _paths(data.get("mount_roots", list(NodeConfig.mount_roots)),
+                         "node.mount_roots")  # fmt: skip
+    if not mount_roots:
+        raise ConfigError("node.mount_roots: must name at least one directory (e.g. the "
+                          "kubelet's, /var/lib/kubelet)")  # fmt: skip
     return NodeConfig(
         state_dir=os.path.abspath(state_dir),
         topology=_segment(data.get("topology", {}), "node.topology"),
@@ -227,7 +231,18 @@ def _node(raw: Any) -> NodeConfig:
         multipath=multipath,
         my_ip=my_ip,
         local_roots=tuple(local_roots),
+        mount_roots=tuple(mount_roots),
     )
+
+
+def _paths(raw: Any, where: str) -> list[str]:
+    """A list of absolute directory paths, normalised."""
+    paths = []
+    for i, path in enumerate(_list(raw, where)):
+        if not os.path.isabs(_string(path, f"{where}[{i}]")) or "\0" in path:
+            raise ConfigError(f"{where}[{i}]: {path!r} is not an absolute path")
+        paths.append(os.path.normpath(path))
+    return paths
 
 
 def _seconds(data: Mapping[str, Any], key: str, default: float, zero: bool = False) -> float:

@@ -21,6 +21,7 @@ from csi_driver import publish_context as context_doc
 from csi_driver import volume_requests as req
 from csi_driver.config import PluginConfig
 from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
+from csi_driver.node_state import NodeState
 from csi_driver.reconciler import Reconciler
 from csi_driver.storage import Connection, NotFound, Snapshot, Volume, recovery
 
@@ -42,8 +43,11 @@ T = TypeVar("T")
 
 @rpc.answer_unimplemented
 class ControllerService(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, config: PluginConfig) -> None:
+    def __init__(self, config: PluginConfig, local_node: NodeState | None = None) -> None:
         self.config = config
+        #: In ``all`` mode, the node service's records of what it staged on this host:
+        #: the controller refuses to unpublish what they show still staged.
+        self.local_node = local_node
         self.inflight = rpc.InFlightLocks()
         self.keys = context_doc.load(config.signing_key_file) if config.signing_key_file else None
         self.reconciler = Reconciler(
@@ -353,9 +357,23 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 f"{attached[0].connector.get(NODE_ID_PROPERTY) or attached[0].attached_host} "
                 f"(at {attached[0].path}); NodeUnstageVolume it there first"
             )
+        if staging := self._staged_here(volume.id, {c.id for c in targets}):
+            raise errors.FailedPrecondition(
+                f"volume {volume.id} is still staged on this node at {staging}; "
+                "NodeUnstageVolume it first"
+            )
         for connection in targets:
             connection.disconnect()
         return csi_pb2.ControllerUnpublishVolumeResponse()
+
+    def _staged_here(self, volume_id: str, connection_ids: set[str]) -> str | None:
+        """Where this host's node service staged the volume through one of these
+        connections (``all`` mode only: a node elsewhere keeps its records to itself)."""
+        record = self.local_node.get(volume_id) if self.local_node is not None else None
+        if record is None:
+            return None
+        staged = storage.Connection.load_for_host(record["connection"])
+        return record["staging_path"] if staged.id in connection_ids else None
 
     @rpc.handler()
     def ValidateVolumeCapabilities(

@@ -82,8 +82,12 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     storage_errors.StoreError: grpc.StatusCode.UNAVAILABLE,
     storage_errors.DriverError: grpc.StatusCode.INTERNAL,
     storage_errors.AttachError: grpc.StatusCode.INTERNAL,
-    # Node host operations: refusing to format is about the device's state.
+    # Node host operations: refusing to format, a mount that would hide or cut off others and
+    # a privilege the deployment lacks are about the state; an unusable path is the request.
     host_fs.NotBlank: grpc.StatusCode.FAILED_PRECONDITION,
+    host_fs.Busy: grpc.StatusCode.FAILED_PRECONDITION,
+    host_fs.MissingCapability: grpc.StatusCode.FAILED_PRECONDITION,
+    host_fs.BadPath: grpc.StatusCode.INVALID_ARGUMENT,
     host_fs.HostError: grpc.StatusCode.INTERNAL,
 }
 

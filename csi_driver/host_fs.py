@@ -13,6 +13,7 @@ counts as "not blank".
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,19 @@ class HostError(Exception):
 
 class NotBlank(HostError):
     """Refused to format a device because it already holds a filesystem or partition table."""
+
+
+class BadPath(HostError):
+    """A path the caller gave cannot be used as asked (not a directory, a symlink, a name
+    too long, on a read-only filesystem...): the request's fault, not the host's."""
+
+
+class Busy(HostError):
+    """A mount cannot be undone, or made, without hiding or breaking other mounts."""
+
+
+class MissingCapability(HostError):
+    """The plugin's process lacks a privilege the operation needs (a deployment fault)."""
 
 
 def _run(
@@ -143,6 +157,37 @@ def _same_backing(entry: dict[str, Any], path: str, st: os.stat_result) -> bool:
     )
     # A deleted backing file shows as "<path> (deleted)", so an exact name never matches it.
     return same_inode or entry.get("back-file") == path
+
+
+def file_identity(path: str) -> dict[str, Any] | None:
+    """What identifies a file to losetup (device and inode), even after it is deleted."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "ino": st.st_ino}
+
+
+def _maps(entry: dict[str, Any], identity: dict[str, Any]) -> bool:
+    majmin = str(entry.get("back-maj:min") or "").strip()
+    return str(entry.get("back-ino")) == str(identity.get("ino")) and majmin == str(
+        identity.get("dev")
+    )
+
+
+def loop_maps(device: str, identity: dict[str, Any]) -> bool:
+    """Whether loop ``device`` maps the file of ``identity`` (``file_identity``), also
+    when that file was deleted since (losetup then shows '<path> (deleted)')."""
+    name = os.path.realpath(device)
+    return any(e.get("name") == name and _maps(e, identity) for e in _loop_devices())
+
+
+def loop_with(identity: dict[str, Any]) -> str | None:
+    """The loop device mapping the file of ``identity``, deleted or not; None if none."""
+    for entry in sorted(_loop_devices(), key=lambda e: str(e.get("name"))):
+        if _maps(entry, identity):
+            return str(entry["name"])
+    return None
 
 
 def loop_find(file_path: str) -> str | None:
@@ -385,11 +430,27 @@ def canonical_target(path: str) -> str:
     removing through it would act on wherever it points."""
     parent, name = os.path.split(os.path.abspath(path))
     if not name or name in (".", ".."):
-        raise HostError(f"{path} names no file or directory to use as a mount target")
+        raise BadPath(f"{path} names no file or directory to use as a mount target")
     target = os.path.join(os.path.realpath(parent), name)
     if os.path.islink(target):
-        raise HostError(f"refusing to use {path} as a mount target: it is a symbolic link")
+        raise BadPath(f"refusing to use {path} as a mount target: it is a symbolic link")
     return target
+
+
+def mounts_beneath(path: str) -> list[str]:
+    """Mount points strictly below path (a mount on path would hide them)."""
+    prefix = os.path.realpath(path).rstrip("/") + "/"
+    try:
+        with open(MOUNTINFO, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise HostError(f"cannot read {MOUNTINFO} to look below {path}: {exc}") from exc
+    found = []
+    for line in lines:
+        entry = _parse_mountinfo_line(line)
+        if entry is not None and entry["mount_point"].startswith(prefix):
+            found.append(entry["mount_point"])
+    return sorted(set(found))
 
 
 def is_mounted(path: str) -> bool:
@@ -451,6 +512,12 @@ def unmount(target: str) -> None:
         pass  # a stale mount point (ENOTCONN, ESTALE) still needs unmounting
     if not is_mounted(target):
         return
+    beneath = mounts_beneath(target)
+    if beneath:
+        raise Busy(
+            f"cannot unmount {target}: {len(beneath)} mount(s) below it would be cut off "
+            f"({', '.join(beneath[:3])}{', ...' if len(beneath) > 3 else ''}); unmount them first"
+        )
     try:
         _run(["umount", target], target)
     except HostError:
@@ -473,7 +540,7 @@ def resize_filesystem(device: str, mount_point: str, fstype: str) -> None:
             if "Permission denied" in str(exc):
                 # Measured: the kernel refuses online ext4 growth (EPERM) to a root
                 # process without CAP_SYS_RESOURCE, and resize2fs gives no reason.
-                raise HostError(
+                raise MissingCapability(
                     f"{exc} (growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE; "
                     "check the node plugin container's capabilities)"
                 ) from exc
@@ -520,15 +587,18 @@ def filesystem_stats(path: str) -> dict[str, int]:
 def ensure_file(path: str) -> None:
     """Create an empty regular file as bind target for a raw block volume; the parent must
     exist. A block device already bound there counts as present."""
-    mode = _stat_mode(path)
+    try:
+        mode = _stat_mode(path)
+    except HostError as exc:
+        raise BadPath(str(exc)) from exc
     if mode is not None:
         if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
             return
-        raise HostError(f"cannot use {path} as file mount target: it exists and is not a file")
+        raise BadPath(f"cannot use {path} as file mount target: it exists and is not a file")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
     except OSError as exc:
-        raise HostError(f"cannot create file mount target {path}: {exc}") from exc
+        raise _path_error(f"cannot create file mount target {path}", exc) from exc
     os.close(fd)
 
 
@@ -537,9 +607,19 @@ def ensure_dir(path: str) -> None:
     try:
         os.makedirs(path, mode=0o750, exist_ok=True)
     except FileExistsError as exc:
-        raise HostError(f"cannot use {path} as directory mount target: not a directory") from exc
+        raise BadPath(f"cannot use {path} as directory mount target: not a directory") from exc
     except OSError as exc:
-        raise HostError(f"cannot create directory mount target {path}: {exc}") from exc
+        raise _path_error(f"cannot create directory mount target {path}", exc) from exc
+
+
+#: errno values that say the path given is unusable, not that the host is failing.
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EROFS, errno.ENOTDIR, errno.ENOENT,
+                          errno.EEXIST, errno.ELOOP})  # fmt: skip
+
+
+def _path_error(what: str, exc: OSError) -> HostError:
+    kind = BadPath if exc.errno in _PATH_ERRNOS else HostError
+    return kind(f"{what}: {exc.strerror or exc}")
 
 
 def remove_path(path: str) -> None:

@@ -54,6 +54,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.state = NodeState(config.node.state_dir)
         self.inflight = rpc.InFlightLocks()
         self.local_roots = config.local_roots(mode)
+        self.mount_roots = tuple(os.path.realpath(r) for r in config.node.mount_roots)
         self.keys = context_doc.load(config.signing_key_file) if config.signing_key_file else None
         if self.keys is None:
             LOG.warning("no signing_key_file: this node trusts any publish_context it is "
@@ -105,7 +106,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             request.volume_id, request.publish_context, self.keys
         )
         local = node_trust.local_device(connection, self.local_roots)
-        real_staging = os.path.realpath(staging)
+        real_staging = self._mountable(os.path.realpath(staging), "staging_target_path")
         record = self._record(request.volume_id)
         if record is not None and record.get("state", STAGED) == STAGED:
             if self._still_staged(record):
@@ -133,6 +134,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 "connection": connection.jsons,
                 "staging_path": real_staging,
                 "block": access.block,
+                "read_only": access.read_only,
                 "fs_type": None,
                 "targets": {},
             }
@@ -160,9 +162,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 raise errors.FailedPrecondition(
                     f"local attach of volume {volume_id} gave {path!r}, not {local}"
                 )
+            backing = None
             if path and host_fs.is_regular_file(path):
                 path = os.path.realpath(path)
-                device = host_fs.loop_attach(path)  # file-backed volume (FileDriver)
+                backing = host_fs.file_identity(path)
+                device = _loop_attach(volume_id, path)  # file-backed volume (FileDriver)
                 loop: str | None = device
             elif path and host_fs.is_block_device(path):
                 device, loop = path, None
@@ -172,7 +176,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     "block device nor a file"
                 )
             crash_points.reach("node_stage.after-attach")
-            record.update(connection=connection.jsons, path=path, device=device, loop=loop)
+            record.update(connection=connection.jsons, path=path, device=device, loop=loop,
+                          backing=backing)  # fmt: skip
             self.state.put(volume_id, record)
             if not access.block:
                 staging = record["staging_path"]
@@ -186,6 +191,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     options = list(request.volume_capability.mount.mount_flags)
                     if access.read_only:
                         options.append("ro")
+                    if record["fs_type"] == "xfs" and "nouuid" not in options:
+                        # A clone or restored snapshot carries its source's XFS UUID, and
+                        # XFS refuses a second mount of one UUID on a host.
+                        options.append("nouuid")
                     host_fs.mount(device, staging, record["fs_type"], options)
                     crash_points.reach("node_stage.after-mount")
                 if not record.get("fs_type"):
@@ -193,12 +202,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             record["state"] = STAGED
             record.pop("formatting", None)
             self.state.put(volume_id, record)
-        except (errors.PluginError, host_fs.NotBlank):
-            self._abandon(record)  # refused: leave nothing behind
-            raise
-        except Exception:
-            LOG.warning("volume %s: stage failed half-way; its record stays so that a retry "
-                        "finishes it and NodeUnstageVolume releases it", volume_id)  # fmt: skip
+        except Exception as exc:
+            if errors.is_expected(exc):
+                self._abandon(record)  # refused: leave nothing behind
+            else:
+                LOG.warning("volume %s: stage failed half-way; its record stays so that a "
+                            "retry finishes it and NodeUnstageVolume releases it",
+                            volume_id)  # fmt: skip
             raise
 
     def _format_if_blank(
@@ -307,15 +317,17 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             host_fs.unmount(staging)
         crash_points.reach("node_unstage.after-unmount")
         loop = record.get("loop") if record.get("loop") and _owns_loop(record) else None
-        if loop is None and record.get("path") and host_fs.is_regular_file(record["path"]):
+        if loop is None and record.get("backing"):
+            loop = host_fs.loop_with(record["backing"])  # its file deleted under it
+        elif loop is None and record.get("path") and host_fs.is_regular_file(record["path"]):
             loop = host_fs.loop_find(record["path"])  # made, then interrupted before recorded
         if loop:
             host_fs.loop_detach(loop)
-        connection = storage.Connection.load(record["connection"])
+        connection = storage.Connection.load_for_host(record["connection"])
         if not connection.attached and record.get("state") == STAGING:
             try:  # interrupted before its device was recorded: find it again
                 connection.attach()
-            except storage.AttachError as exc:
+            except storage.StorageError as exc:
                 LOG.info("volume %s: not attached, nothing to detach (%s)", volume_id, exc)
         connection.detach()
         crash_points.reach("node_unstage.after-detach")
@@ -345,6 +357,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 f"{'a block device' if record['block'] else 'a filesystem'}"
             )
         read_only = request.readonly or access.read_only
+        self._mountable(target, "target_path")
         target = _recorded_target(record, target, request.target_path)
         known = record["targets"].get(target)
         ours = _shows_volume(record, target)
@@ -508,10 +521,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         record, _ = self._located(request.volume_id, path)
         if request.HasField("volume_capability"):
             req.check_capabilities([request.volume_capability], "volume_capability")
+        if record.get("read_only") and not record["block"]:
+            raise errors.FailedPrecondition(
+                f"volume {request.volume_id} is staged read-only; its filesystem cannot be "
+                "grown until it is staged writable"
+            )
         if record["loop"]:
             host_fs.loop_refresh(record["loop"])  # the backing file grew
         else:
-            storage.Connection.load(record["connection"]).extend()
+            storage.Connection.load_for_host(record["connection"]).extend()
         size = host_fs.block_device_size(record["device"])
         wanted = request.capacity_range.required_bytes if request.HasField("capacity_range") else 0
         if wanted and size < wanted:
@@ -524,6 +542,18 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _mountable(self, canonical: str, field: str) -> str:
+        """A canonical path the node may mount on: under one of ``node.mount_roots``."""
+        if not any(
+            canonical != root and os.path.commonpath([canonical, root]) == root
+            for root in self.mount_roots
+        ):
+            raise errors.InvalidRequest(
+                f"{field} {canonical} is not under the node's mount_roots "
+                f"({', '.join(self.mount_roots)}); the plugin mounts nowhere else"
+            )
+        return canonical
+
     def _record(self, volume_id: str) -> dict[str, Any] | None:
         try:
             return self.state.get(volume_id)
@@ -572,21 +602,40 @@ def _shows_volume(record: dict[str, Any], path: str) -> bool:
 
 
 def _refuse_foreign_mount(path: str, field: str) -> None:
-    """Refuse to mount over (and so hide) a mount this node did not make."""
+    """Refuse to mount over (and so hide) a mount this node did not make, at the path or
+    anywhere below it (another volume's staging or pod target, say)."""
     if host_fs.is_mounted(path):
         raise errors.FailedPrecondition(
             f"{field} {path} already holds a mount that is not this volume's; "
             "the plugin never mounts over it"
         )
+    beneath = host_fs.mounts_beneath(path)
+    if beneath:
+        raise errors.FailedPrecondition(
+            f"{field} {path} has {len(beneath)} mount(s) below it ({beneath[0]}"
+            f"{', ...' if len(beneath) > 1 else ''}); mounting there would hide them"
+        )
+
+
+def _loop_attach(volume_id: str, path: str) -> str:
+    try:
+        return host_fs.loop_attach(path)
+    except host_fs.HostError:
+        if not os.path.exists(path):  # deleted while we attached it
+            raise errors.ObjectNotFound(f"volume {volume_id}: its file {path} is gone") from None
+        raise
 
 
 def _owns_loop(record: dict[str, Any]) -> bool:
     """Whether the recorded loop device still maps this volume's file (after a reboot
-    the same /dev/loopN may back another volume). Compared by inode, and by canonical
-    path on both sides (losetup reports the resolved path)."""
+    the same /dev/loopN may back another volume). Compared by the file's recorded device
+    and inode (which hold after the file is deleted), else by inode and by canonical path
+    on both sides (losetup reports the resolved path)."""
     loop, path = record.get("loop"), record.get("path")
     if not loop or not path:
         return False
+    if record.get("backing"):
+        return host_fs.loop_maps(loop, record["backing"])
     if host_fs.loop_find(path) == os.path.realpath(loop):
         return True
     backing = host_fs.loop_backing_file(loop)

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Mapping, Sequence
 
 from csi_driver import errors, publish_context
-from csi_driver.storage import Connection, SerializationError
+from csi_driver.storage import Connection, SerializationError, connector
 
 LOG = logging.getLogger(__name__)
 SECURITY = logging.getLogger("csi_driver.security")
@@ -49,7 +49,7 @@ def connection_from(
                 "(or the controller and node use different signing keys)"
             )
     try:
-        connection = Connection.load(data)
+        connection = Connection.load_for_host(data)
     except SerializationError as exc:
         raise errors.InvalidRequest(f"publish_context[{CONNECTION_KEY!r}]: {exc}") from None
     if not isinstance(connection, Connection):
@@ -63,6 +63,7 @@ def connection_from(
             f"publish_context[{CONNECTION_KEY!r}] holds no connection info (was the "
             "publish interrupted? retry ControllerPublishVolume)"
         )
+    connector.check_protocol(connection.connection_info)
     return connection
 
 
@@ -92,8 +93,18 @@ def local_device(connection: Connection, roots: Sequence[str]) -> str | None:
             f"local connection: device_path {path} ({real}) is not under the node's "
             f"local_roots ({', '.join(allowed) or 'none configured'})"
         )
+    if connection.volume_id not in os.path.basename(real):
+        SECURITY.warning("SECURITY: refused a local connection of volume %s to %s: the file "
+                         "is not that volume's", connection.volume_id, real)  # fmt: skip
+        raise errors.InvalidRequest(
+            f"local connection: device_path {path} does not name volume {connection.volume_id}"
+        )
     try:
         mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise errors.ObjectNotFound(
+            f"volume {connection.volume_id}: its file {real} does not exist (deleted?)"
+        ) from None
     except OSError as exc:
         raise errors.InvalidRequest(
             f"local connection: device_path {path}: {exc.strerror}"

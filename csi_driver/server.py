@@ -266,12 +266,13 @@ def build_server(
     server = grpc.server(executor, interceptors=interceptors)
     reconciler = None
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config), server)
+    node = NodeService(config, mode) if mode in ("node", "all") else None
     if mode in ("controller", "all"):
-        controller = ControllerService(config)
+        controller = ControllerService(config, local_node=node.state if node else None)
         reconciler = controller.reconciler
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)
-    if mode in ("node", "all"):
-        csi_pb2_grpc.add_NodeServicer_to_server(NodeService(config, mode), server)
+    if node is not None:
+        csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     return server, executor, reconciler
 
 

@@ -212,10 +212,13 @@ class AttachOnlyBackend:
     It is never registered in ``Backend.backends``.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, store: MetadataStore | None = None) -> None:
         self.name = name
         self._volumes: list[Volume] | None = None
         self._lock = threading.RLock()
+        #: Where its resources keep their records: the process's store, or one of
+        #: their own (``Connection.load_for_host``), which no one else reads.
+        self._own_store = store
 
     def __repr__(self) -> str:
         return f"<AttachOnlyBackend {self.name!r}>"
@@ -228,7 +231,7 @@ class AttachOnlyBackend:
         )
 
     def _store(self) -> MetadataStore:
-        return runtime.store()
+        return self._own_store if self._own_store is not None else runtime.store()
 
     def _settings(self) -> runtime.Settings:
         return runtime.settings()

@@ -188,6 +188,20 @@ class Connection(Resource):
         LOG.info("disconnected volume %s from host %s", volume.id, self.attached_host)
 
     # -- attaching host side ---------------------------------------------------------
+    @classmethod
+    def load_for_host(cls, data: str | bytes | dict[str, Any]) -> Connection:
+        """Load a serialized connection to attach or detach it on this host, apart from
+        any metadata store: bound to an attach-only stand-in of its backend with a store
+        of its own, so its ``attach``/``detach`` never write what a document says into
+        the store this process may share with a controller (a stale document would
+        otherwise bring back a record the controller removed). Its state travels in
+        its ``jsons``, which the caller keeps."""
+        from csi_driver.storage.backend import AttachOnlyBackend
+        from csi_driver.storage.persistence.memory import MemoryStore
+
+        loaded = cls.load(data)
+        return cls(AttachOnlyBackend(loaded.backend_name, store=MemoryStore()), loaded.record)
+
     def attach(self) -> str | None:
         """Attach the volume on this host with os-brick; returns the device path."""
         if self.attached:

@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from csi_driver.storage.exceptions import AttachError, InvalidArgument
+from csi_driver.storage.exceptions import AttachError, InvalidArgument, NotSupported
 from csi_driver.storage.secrets import mask_text
 
 if TYPE_CHECKING:
@@ -145,6 +145,28 @@ def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
             f"connection info's driver_volume_type {mask_text(protocol)!r} names no protocol "
             f"os-brick can attach: {mask_text(str(exc))}"
         ) from exc
+    except Exception as exc:
+        # Known, but this host is not set up for it (e.g. NFS without a mount point base).
+        raise NotSupported(
+            f"this host cannot attach {mask_text(protocol)!r} connections: {mask_text(str(exc))}"
+        ) from exc
+
+
+def check_protocol(connection_info: dict[str, Any]) -> None:
+    """Refuse, before anything is attached, a connection whose protocol os-brick does not
+    know (InvalidArgument) or this host cannot attach (NotSupported)."""
+    _brick(connection_info, use_multipath=False)
+
+
+def _malformed(exc: BaseException) -> bool:
+    """Whether os-brick failed on the shape of the connection properties (a key missing,
+    a value of the wrong type), not on the host or the storage."""
+    from os_brick import exception as brick_errors
+
+    return isinstance(
+        exc,
+        KeyError | TypeError | ValueError | brick_errors.Invalid | brick_errors.VolumePathsNotFound,
+    )
 
 
 def describe_target(data: dict[str, Any]) -> str:
@@ -175,7 +197,13 @@ def connect(connection_info: dict[str, Any], use_multipath: bool = False) -> dic
         # property format in place), and the caller's dict is the stored record.
         device = brick.connect_volume(copy.deepcopy(connection_info.get("data", {})))
     except Exception as exc:
-        target = describe_target(connection_info.get("data") or {})
+        data = connection_info.get("data")
+        target = describe_target(data if isinstance(data, dict) else {})
+        if _malformed(exc):
+            raise InvalidArgument(
+                f"{protocol} connection info is malformed for os-brick "
+                f"({type(exc).__name__}: {mask_text(str(exc))})"
+            ) from exc
         raise AttachError(f"{protocol} attach to {target} failed: {mask_text(str(exc))}") from exc
     if not isinstance(device, dict) or not device.get("path"):
         raise AttachError(f"{protocol} attach returned no device path")

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
-from csi_driver.storage import crash_points, runtime, secrets, serialization
+from csi_driver.storage import crash_points, secrets, serialization
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState
 from csi_driver.storage.persistence.base import apply_changes
 
@@ -109,7 +109,7 @@ class Resource(serialization.Serializable):
         return serialization.copy_record(self._data)
 
     def _store(self) -> MetadataStore:
-        return runtime.store()
+        return self.backend._store()
 
     def _update(self, **changes: Any) -> None:
         apply_changes(self._data, changes)

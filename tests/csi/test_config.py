@@ -64,6 +64,7 @@ def test_reliability_and_safety_defaults() -> None:
     cfg = config.from_dict(None)
 
     assert cfg.node.local_roots == ()
+    assert cfg.node.mount_roots == ("/var/lib/kubelet",)
     assert cfg.signing_key_file is None
     assert cfg.shutdown_grace_seconds == 20.0
     assert cfg.reconcile_interval_seconds == 60.0
@@ -165,6 +166,10 @@ INVALID: list[Any] = [
         {"node": {"local_roots": ["relative/dir"]}}, "node.local_roots[0]", id="local-root-relative"
     ),
     pytest.param({"signing_key_file": ""}, "signing_key_file", id="signing-key-file-empty"),
+    pytest.param({"node": {"mount_roots": []}}, "node.mount_roots", id="mount-roots-empty"),
+    pytest.param(
+        {"node": {"mount_roots": ["kubelet"]}}, "node.mount_roots[0]", id="mount-root-relative"
+    ),
     pytest.param({"shutdown_grace_seconds": 0}, "shutdown_grace_seconds", id="shutdown-grace-zero"),
     pytest.param(
         {"shutdown_grace_seconds": True}, "shutdown_grace_seconds", id="shutdown-grace-bool"

@@ -1429,7 +1429,8 @@ def fuzzed(
             plugin.file_backend(plugin_dir / "volumes", name="zoned", topology=[{ZONE: "b"}]),
         ],
         volume_types={"gold": {"extra_specs": {"tier": "gold"}}},
-        node={"topology": {ZONE: "a"}},
+        # The node mounts only in the sandbox: the canary is outside its mount_roots.
+        node={"topology": {ZONE: "a"}, "mount_roots": [str(root / "sandbox")]},
     )
     process = plugin.PluginProcess(config, "all", plugin_dir / "all.sock", plugin_dir / "all.log")
     watched = (str(root / "sandbox"), str(root / "canary"), str(plugin_dir))

@@ -94,13 +94,13 @@ def _local(tmp_path: Path, device_path: str) -> Connection:
 def test_local_device_under_a_root_is_canonical(tmp_path: Path) -> None:
     root = tmp_path / "volumes"
     root.mkdir()
-    (root / "volume-1").write_bytes(b"\0" * 4096)
+    (root / "volume-v1").write_bytes(b"\0" * 4096)
     (tmp_path / "link").symlink_to(root)
 
-    found = node_trust.local_device(_local(tmp_path, str(tmp_path / "link" / "volume-1")),
+    found = node_trust.local_device(_local(tmp_path, str(tmp_path / "link" / "volume-v1")),
                                     [str(root)])  # fmt: skip
 
-    assert found == os.path.realpath(root / "volume-1")
+    assert found == os.path.realpath(root / "volume-v1")
 
 
 @pytest.mark.parametrize(
@@ -111,24 +111,34 @@ def test_local_device_under_a_root_is_canonical(tmp_path: Path) -> None:
         "escaping-symlink",
         "the-root-itself",
         "a-directory",
-        "missing",
+        "another-volumes-file",
         "no-root",
     ],
 )
 def test_local_device_elsewhere_is_refused(tmp_path: Path, where: str) -> None:
     root = tmp_path / "volumes"
-    (root / "sub").mkdir(parents=True)
-    outside = tmp_path / "outside"
+    (root / "volume-v1").mkdir(parents=True)  # named for the volume, but a directory
+    (root / "snapshot-9").write_bytes(b"another volume's data")
+    outside = tmp_path / "outside-v1"
     outside.write_bytes(b"host data")
-    (root / "escape").symlink_to(outside)
+    (root / "escape-v1").symlink_to(outside)
     path = {
-        "outside": str(outside), "dotdot": f"{root}/../outside",
-        "escaping-symlink": str(root / "escape"), "the-root-itself": str(root),
-        "a-directory": str(root / "sub"), "missing": str(root / "volume-9"),
-        "no-root": str(root / "sub"),
+        "outside": str(outside), "dotdot": f"{root}/../outside-v1",
+        "escaping-symlink": str(root / "escape-v1"), "the-root-itself": str(root),
+        "a-directory": str(root / "volume-v1"), "another-volumes-file": str(root / "snapshot-9"),
+        "no-root": str(root / "volume-v1"),
     }[where]  # fmt: skip
     roots = [] if where == "no-root" else [str(root)]
 
     with pytest.raises(errors.InvalidRequest):
         node_trust.local_device(_local(tmp_path, path), roots)
     assert outside.read_bytes() == b"host data"
+
+
+def test_a_missing_volume_file_is_not_found(tmp_path: Path) -> None:
+    """Deleted behind the node's back (or a stage racing DeleteVolume): NOT_FOUND."""
+    root = tmp_path / "volumes"
+    root.mkdir()
+
+    with pytest.raises(errors.ObjectNotFound, match="does not exist"):
+        node_trust.local_device(_local(tmp_path, str(root / "volume-v1")), [str(root)])

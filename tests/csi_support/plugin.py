@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ def write_config(directory: Path, backends: list[dict[str, Any]] | None = None,
             "file_locks_path": str(directory / "locks"),
         },
         "backends": backends,
-        "node": {"state_dir": str(directory / "node")},
+        # Tests stage and publish under their temporary directories.
+        "node": {"state_dir": str(directory / "node"), "mount_roots": [tempfile.gettempdir()]},
     }
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(config.get(key), dict):

@@ -40,6 +40,7 @@ def _run_split(tmp_path: Path, backend: dict[str, Any], results_dir: Path) -> sa
     node_config.write_text(
         f"storage:\n  file_locks_path: {node_dir / 'locks'}\n"
         f"node:\n  state_dir: {node_dir / 'state'}\n  max_volumes: 2\n"
+        f"  mount_roots: [{tmp_path}]\n"
     )
     try:
         with (
