@@ -64,6 +64,13 @@ def connection_from(
             "publish interrupted? retry ControllerPublishVolume)"
         )
     connector.check_protocol(connection.connection_info)
+    if connection.attached:
+        # A document issued while some host had it attached (a store written by an older
+        # release) carries that host's device; this host attaches for itself.
+        record = connection.record
+        record.pop("device", None)
+        record["status"] = "connected"
+        connection = Connection(connection.backend, record)
     return connection
 
 

@@ -300,3 +300,21 @@ def test_paths_outside_the_mount_roots_are_refused(vols: Any) -> None:
         assert not (outside / "target").exists()
     finally:
         shutil.rmtree(outside)
+
+
+def test_a_document_carrying_another_hosts_device_is_attached_afresh(vols: Any) -> None:
+    """A connection record that says 'attached at /dev/...' (written by another host, or
+    by an older release into the store) must not make the node skip its own attach."""
+    vol = vols()
+    doc = json.loads(vol.context["connection"])
+    for record in doc["connections"]:
+        record["status"] = "attached"
+        record["device"] = {"path": "/dev/null", "type": "block"}
+    context = {"connection": json.dumps(doc)}
+
+    vol.csi.node.NodeStageVolume(vol.stage_request(context=context), timeout=TIMEOUT)
+
+    assert _mounts(vol.staging) == 1
+    looped = subprocess.run(["losetup", "--list", "--noheadings", "-O", "BACK-FILE"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert vol.id in looped
