@@ -275,7 +275,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if connection.status == "disconnecting" or (
                 connection.status == "connecting" and here and connection.attach_mode != mode
             ):
-                recovery.heal_connection(connection)  # an interrupted unpublish: finish it
+                # An interrupted unpublish (or a publish in another mode): finish, undo.
+                recovery.heal_connection(connection)
                 continue
             if here:
                 if connection.status == "connecting":  # an interrupted publish: finish it
@@ -369,7 +370,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def _staged_here(self, volume_id: str, connection_ids: set[str]) -> str | None:
         """Where this host's node service staged the volume through one of these
         connections (``all`` mode only: a node elsewhere keeps its records to itself)."""
-        record = self.local_node.get(volume_id) if self.local_node is not None else None
+        if self.local_node is None:
+            return None
+        try:
+            record = self.local_node.get(volume_id)
+        except ValueError:  # an id no stage record can have
+            return None
         if record is None:
             return None
         staged = storage.Connection.load_for_host(record["connection"])
