@@ -14,8 +14,11 @@ using it again until its last user has torn the volume down (NodeUnstageVolume -
 ControllerUnpublishVolume -> DeleteVolume). When the time is up a sweep removes whatever the
 races left, through the CSI API. Then, checked (a failed check makes the exit code 1):
 
-- codes: every answer is OK or a code the spec names for the RPC (its table and the
-  general ones); never UNKNOWN, INTERNAL, UNAVAILABLE or DEADLINE_EXCEEDED;
+- codes: every answer is OK, ABORTED (a race on a name or volume) or a code the spec's
+  table names for the RPC; never INVALID_ARGUMENT (every request is well formed),
+  UNKNOWN, INTERNAL, UNAVAILABLE or DEADLINE_EXCEEDED;
+- progress: every RPC of the cycle succeeded (a run where, say, every stage is refused
+  proves nothing);
 - store: the SQLite store (read directly) matches the backend: every volume and
   snapshot record has its file in file_volumes_dir and every file its record, no
   record is left in a transitional or error status, and the sweep left none behind;
@@ -86,17 +89,15 @@ SPEC_CODES: dict[str, set[Code]] = {
     "NodePublishVolume": {Code.NOT_FOUND, Code.ALREADY_EXISTS, Code.FAILED_PRECONDITION},
     "NodeUnpublishVolume": {Code.NOT_FOUND},
 }
-#: The spec's general error scheme and object-state codes. UNAVAILABLE is not among them:
+#: Codes any call of the soak may get besides its RPC's own: ABORTED while another client
+#: holds the name or volume. Every request the soak sends is well formed, so
+#: INVALID_ARGUMENT (or OUT_OF_RANGE...) would be a plugin fault here; UNAVAILABLE too:
 #: nothing is transient on a local FileDriver + SQLite.
-GENERAL_CODES = {
-    Code.INVALID_ARGUMENT,
-    Code.NOT_FOUND,
-    Code.ALREADY_EXISTS,
-    Code.FAILED_PRECONDITION,
-    Code.OUT_OF_RANGE,
-    Code.RESOURCE_EXHAUSTED,
-    Code.ABORTED,
-}
+GENERAL_CODES = {Code.ABORTED}
+#: RPCs of a client's cycle: each must have succeeded many times for the run to count.
+CYCLE_RPCS = ("CreateVolume", "ControllerPublishVolume", "NodeStageVolume",
+              "NodePublishVolume", "NodeUnpublishVolume", "NodeUnstageVolume",
+              "ControllerUnpublishVolume", "DeleteVolume")  # fmt: skip
 #: Record statuses an operation passes through, or that a failure leaves: none may remain.
 TRANSITIONAL = {
     "creating",
@@ -211,7 +212,11 @@ def write_config(root: Path) -> Path:
                 "options": {"file_volumes_dir": str(root / "volumes")},
             }
         ],
-        "node": {"state_dir": str(root / "node"), "local_roots": [str(root / "volumes")]},
+        "node": {
+            "state_dir": str(root / "node"),
+            "local_roots": [str(root / "volumes")],
+            "mount_roots": [str(root)],  # the soak's staging and pod directories
+        },
         "signing_key_file": str(key),
     }
     path = root / "config.yaml"
@@ -707,6 +712,7 @@ def soak(root: Path, args: argparse.Namespace) -> bool:
     unexpected = [f"{rpc} -> {code}: {msg}" for (rpc, code), msg in run.tally.unexpected.items()]
     checks = {
         "codes": not unexpected,
+        "progress": all(codes.get(rpc, {}).get("OK", 0) > 0 for rpc in CYCLE_RPCS),
         "store": not store["problems"],
         "sweep": not sweep,
         "host": not leftovers,
