@@ -56,6 +56,7 @@ from typing import Any
 import grpc
 import pytest
 from csi_support import plugin
+from csi_support.requests import capability as valid_capability
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -861,7 +862,7 @@ class World:
         fs_type = pick(["", "", "ext4", "xfs"], 2)
 
         def cap(block: bool) -> csi_pb2.VolumeCapability:
-            return _cap(block, fs_type, pick(mode, 3))
+            return valid_capability(block=block, fs_type=fs_type, mode=pick(mode, 3))
 
         if rpc == "CreateVolume":
             values = {
@@ -1184,16 +1185,6 @@ class World:
         self._canary_sigs[path] = _signature(path)
 
 
-def _cap(block: bool = False, fs_type: str = "", mode: int = Mode.SINGLE_NODE_WRITER) -> Any:
-    cap = csi_pb2.VolumeCapability(access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
-    if block:
-        cap.block.SetInParent()
-    else:
-        cap.mount.fs_type = fs_type
-        cap.mount.SetInParent()
-    return cap
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -1208,7 +1199,7 @@ def seed_world(world: World) -> None:
             csi_pb2.CreateVolumeRequest(
                 name=NAMES[index],
                 capacity_range=csi_pb2.CapacityRange(required_bytes=GiB),
-                volume_capabilities=[_cap(block, fs_type)],
+                volume_capabilities=[valid_capability(block=block, fs_type=fs_type)],
             ),
         )
     vols = list(world.vols.values())
@@ -1216,7 +1207,9 @@ def seed_world(world: World) -> None:
         world.call(
             "ControllerPublishVolume",
             csi_pb2.ControllerPublishVolumeRequest(
-                volume_id=vol.id, node_id=world.node_id, volume_capability=_cap(vol.block)
+                volume_id=vol.id,
+                node_id=world.node_id,
+                volume_capability=valid_capability(block=vol.block),
             ),
         )
     world.call(
@@ -1229,7 +1222,7 @@ def seed_world(world: World) -> None:
             csi_pb2.NodeStageVolumeRequest(
                 volume_id=vol.id,
                 staging_target_path=world.stage_dir(vol),
-                volume_capability=_cap(vol.block),
+                volume_capability=valid_capability(block=vol.block),
                 publish_context=vol.context,
             ),
         )
@@ -1240,7 +1233,7 @@ def seed_world(world: World) -> None:
                 volume_id=vols[0].id,
                 staging_target_path=vols[0].staging,
                 target_path=f"{world.sandbox}/pods/0/seed",
-                volume_capability=_cap(),
+                volume_capability=valid_capability(),
             ),
         )
 
