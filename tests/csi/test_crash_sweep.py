@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from csi_support import crash, plugin
+from csi_support import crash, plugin, report
 from csi_support.requests import GiB, capability, create_request
 
 from csi_driver.csi_pb import csi_pb2
@@ -235,7 +235,7 @@ def _cleanup(stubs: Stubs, site: crash.Site, keep: set[str]) -> None:
 
 
 @pytest.mark.parametrize("mode", ["retried", "abandoned"])
-def test_controller_crash_sweep(tmp_path: Path, mode: str) -> None:
+def test_controller_crash_sweep(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
     site = crash.Site(tmp_path)
     cases = [(op, point) for op in OPERATIONS for point in op.points
              if mode == "retried" or not point.startswith("rpc.")]  # fmt: skip
@@ -270,7 +270,9 @@ def test_controller_crash_sweep(tmp_path: Path, mode: str) -> None:
                 ctx = cases[n + 1][0].prepare(stubs, f"case-{n + 1}")
     bystander = [r for r in site.records("connections") if r["volume_id"] == keep_volume]
     assert len(bystander) == 1 and bystander[0]["status"] == "connected"
-    print(f"\ncrash sweep ({mode}): {len(cases)} crash points tried over "
-          f"{len({op.name for op, _ in cases})} controller operations in "
-          f"{time.monotonic() - started:.0f}s, {site.starts} plugin starts: "
-          + ", ".join(f"{v} {k}" for k, v in totals.items()))  # fmt: skip
+    took = time.monotonic() - started
+    report.show(request, (
+        f"crash sweep ({mode}): {len(cases)} crash points tried over "
+        f"{len({op.name for op, _ in cases})} controller operations in {took:.0f}s, "
+        f"{site.starts} plugin starts: " + ", ".join(f"{v} {k}" for k, v in totals.items())
+    ))  # fmt: skip

@@ -55,7 +55,7 @@ from typing import Any
 
 import grpc
 import pytest
-from csi_support import plugin
+from csi_support import plugin, report
 from csi_support.requests import capability as valid_capability
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -1486,9 +1486,7 @@ def _print_summary(request: pytest.FixtureRequest, summary: dict[str, Any], path
         f"  distinct failures: {len(summary['failures'])}; foreign paths touched: "
         f"{len(summary['foreign_paths_touched'])}"
     )
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print("\n" + "\n".join(lines), flush=True)
+    report.show(request, "\n".join(lines))
 
 
 # -- the properties ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from csi_support import crash, plugin
+from csi_support import crash, plugin, report
 from csi_support.requests import GiB, capability, create_request
 
 from csi_driver.csi_pb import csi_pb2
@@ -164,7 +164,7 @@ def test_every_node_crash_point_is_swept() -> None:
     assert {p for _, p in CASES} == NODE_POINTS
 
 
-def test_node_crash_sweep(tmp_path: Path) -> None:
+def test_node_crash_sweep(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     started = time.monotonic()
     config = plugin.write_config(tmp_path)
     with plugin.running(config, "controller", tmp_path) as controller_process:
@@ -176,10 +176,12 @@ def test_node_crash_sweep(tmp_path: Path) -> None:
         finally:
             controller.close()
     assert plugin.leftovers(tmp_path) == []
-    print(f"\nnode crash sweep: {len(CASES)} crash points tried over NodeStage (blank and "
-          f"with data), NodeUnstage, NodePublish, NodeUnpublish, NodeExpand in "
-          f"{time.monotonic() - started:.0f}s, {site.starts} node starts: 0 lost data, "
-          "0 leaked mounts or loop devices, 0 failed retries")  # fmt: skip
+    took = time.monotonic() - started
+    report.show(request, (
+        f"node crash sweep: {len(CASES)} crash points tried over NodeStage (blank and with "
+        f"data), NodeUnstage, NodePublish, NodeUnpublish, NodeExpand in {took:.0f}s, "
+        f"{site.starts} node starts: 0 lost data, 0 leaked mounts or loop devices, "
+        "0 failed retries"))  # fmt: skip
 
 
 def _sweep_one(site: NodeSite, tag: str, kind: str, point: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from csi_support import plugin
+from csi_support import plugin, report
 from csi_support.requests import create_request
 
 from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
@@ -118,7 +118,9 @@ class ForcedExit:
 
 
 @pytest.fixture(scope="module")
-def forced_exit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForcedExit]:
+def forced_exit(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ForcedExit]:
     """SIGTERM while a CreateVolume sleeps 60s in the driver, with a grace of 2s."""
     root = tmp_path_factory.mktemp("forced")
     grace = 2.0
@@ -135,10 +137,10 @@ def forced_exit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForcedExit
         code = process.process.wait(timeout=120)
         elapsed = time.monotonic() - started
         process.exit_code = code
-        print(f"\nforced exit: grace {grace:.1f}s, exited {elapsed:.2f}s after SIGTERM", end="")
         error = future.exception(timeout=30)
         assert isinstance(error, grpc.RpcError), f"the call did not fail: {future.result()}"
-        print(f"; the interrupted call got {error.code().name}")
+        report.show(request, f"forced exit: grace {grace:.1f}s, exited {elapsed:.2f}s after "
+                    f"SIGTERM; the interrupted call got {error.code().name}")  # fmt: skip
         yield ForcedExit(root, config, process, code, elapsed, grace, error, probe_code, alive)
     finally:
         process.stop()
@@ -198,7 +200,9 @@ def test_a_restart_after_sigkill_replaces_the_stale_socket(tmp_path: Path) -> No
         assert restarted.stop() == 0, restarted.log()[-3000:]
 
 
-def test_a_call_shorter_than_the_grace_completes_and_the_exit_is_clean(tmp_path: Path) -> None:
+def test_a_call_shorter_than_the_grace_completes_and_the_exit_is_clean(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     grace = 5.0
     process = _start(tmp_path, _config(tmp_path, delay=1, grace=grace))
     try:
@@ -206,7 +210,8 @@ def test_a_call_shorter_than_the_grace_completes_and_the_exit_is_clean(tmp_path:
         code, elapsed = _terminate(process)
     finally:
         process.stop()
-    print(f"\nclean exit after a 1s call: grace {grace:.1f}s, exited {elapsed:.2f}s after SIGTERM")
+    report.show(request, f"clean exit after a 1s call: grace {grace:.1f}s, exited "
+                f"{elapsed:.2f}s after SIGTERM")  # fmt: skip
     response = future.result(timeout=30)
     assert response.volume.volume_id
     log = process.log()
@@ -218,20 +223,20 @@ def test_a_call_shorter_than_the_grace_completes_and_the_exit_is_clean(tmp_path:
     assert not process.socket.exists()
 
 
-def test_sigterm_while_idle_exits_at_once(tmp_path: Path) -> None:
+def test_sigterm_while_idle_exits_at_once(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     grace = 20.0
     process = _start(tmp_path, _config(tmp_path, delay=60, grace=grace))
     try:
         code, elapsed = _terminate(process)
     finally:
         process.stop()
-    print(f"\nidle exit: grace {grace:.1f}s, exited {elapsed:.2f}s after SIGTERM")
+    report.show(request, f"idle exit: grace {grace:.1f}s, exited {elapsed:.2f}s after SIGTERM")
     assert code == 0, process.log()[-3000:]
     assert elapsed < 3.0, f"exited {elapsed:.2f}s after SIGTERM while idle"
     assert "stopped; backends closed: slow" in process.log()
 
 
-def test_a_second_sigterm_ends_the_grace(tmp_path: Path) -> None:
+def test_a_second_sigterm_ends_the_grace(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     grace = 30.0
     process = _start(tmp_path, _config(tmp_path, delay=60, grace=grace))
     try:
@@ -239,7 +244,7 @@ def test_a_second_sigterm_ends_the_grace(tmp_path: Path) -> None:
         code, elapsed = _terminate(process, signals=2)
     finally:
         process.stop()
-    print(f"\ntwo SIGTERMs: grace {grace:.1f}s, exited {elapsed:.2f}s after the first")
+    report.show(request, f"two SIGTERMs: grace {grace:.1f}s, exited {elapsed:.2f}s after the first")
     log = process.log()
     assert code == 0, log[-3000:]
     assert elapsed < EXIT_MARGIN + 1.0, f"exited {elapsed:.2f}s after the first SIGTERM"
