@@ -21,6 +21,7 @@ import re
 import stat
 import subprocess
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from csi_driver.storage import crash_points
@@ -146,33 +147,31 @@ def _loop_devices() -> list[dict[str, Any]]:
         raise HostError(f"'losetup --list --json' printed unparseable output: {exc}") from exc
 
 
-def _same_backing(entry: dict[str, Any], path: str, st: os.stat_result) -> bool:
-    """Whether a losetup entry maps all of the file at path (by inode, or by exact name)."""
-    if int(entry.get("offset") or 0) or int(entry.get("sizelimit") or 0):
-        return False
-    # losetup pads "back-maj:min" with blanks inside the JSON string.
-    majmin = str(entry.get("back-maj:min") or "").strip()
-    same_inode = str(entry.get("back-ino")) == str(st.st_ino) and majmin == (
-        f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    )
-    # A deleted backing file shows as "<path> (deleted)", so an exact name never matches it.
-    return same_inode or entry.get("back-file") == path
+def _identity(st: os.stat_result) -> dict[str, Any]:
+    return {"dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "ino": st.st_ino}
 
 
 def file_identity(path: str) -> dict[str, Any] | None:
     """What identifies a file to losetup (device and inode), even after it is deleted."""
     try:
-        st = os.stat(path)
+        return _identity(os.stat(path))
     except OSError:
         return None
-    return {"dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "ino": st.st_ino}
 
 
 def _maps(entry: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether a losetup entry's backing file is the one of ``identity``."""
+    # losetup pads "back-maj:min" with blanks inside the JSON string.
     majmin = str(entry.get("back-maj:min") or "").strip()
-    return str(entry.get("back-ino")) == str(identity.get("ino")) and majmin == str(
-        identity.get("dev")
-    )
+    return str(entry.get("back-ino")) == str(identity["ino"]) and majmin == identity["dev"]
+
+
+def _same_backing(entry: dict[str, Any], path: str, st: os.stat_result) -> bool:
+    """Whether a losetup entry maps all of the file at path (by inode, or by exact name)."""
+    if int(entry.get("offset") or 0) or int(entry.get("sizelimit") or 0):
+        return False
+    # A deleted backing file shows as "<path> (deleted)", so an exact name never matches it.
+    return _maps(entry, _identity(st)) or entry.get("back-file") == path
 
 
 def loop_maps(device: str, identity: dict[str, Any]) -> bool:
@@ -422,6 +421,11 @@ def mounted_from(path: str, device: str, block: bool) -> bool:
     if block:
         return stat.S_ISBLK(st.st_mode) and st.st_rdev == number
     return st.st_dev == number
+
+
+def is_under(path: str, roots: Sequence[str]) -> bool:
+    """Whether canonical ``path`` lies strictly below one of the canonical ``roots``."""
+    return any(path != root and os.path.commonpath([path, root]) == root for root in roots)
 
 
 def canonical_target(path: str) -> str:

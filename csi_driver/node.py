@@ -53,7 +53,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.config = config
         self.state = NodeState(config.node.state_dir)
         self.inflight = rpc.InFlightLocks()
-        self.local_roots = config.local_roots(mode)
+        # Canonical once: every check compares canonical paths on both sides.
+        self.local_roots = tuple(os.path.realpath(r) for r in config.local_roots(mode))
         self.mount_roots = tuple(os.path.realpath(r) for r in config.node.mount_roots)
         self.keys = context_doc.load(config.signing_key_file) if config.signing_key_file else None
         if self.keys is None:
@@ -306,15 +307,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume's: the staging mount if it shows the volume's device, the loop device while
         it maps the volume's file, then the os-brick attachment."""
         volume_id = record["volume_id"]
-        device = record.get("device")
-        staging = record["staging_path"]
-        if not record["block"] and host_fs.is_mounted(staging):
-            if not device or not host_fs.mounted_from(staging, device, block=False):
-                raise errors.FailedPrecondition(
-                    f"volume {volume_id}: the mount at {staging} is not this volume's "
-                    "(something was mounted over it); it is left untouched"
-                )
-            host_fs.unmount(staging)
+        if not record["block"]:
+            _unmount_own(record, record["staging_path"], block=False)
         crash_points.reach("node_unstage.after-unmount")
         loop = record.get("loop") if record.get("loop") and _owns_loop(record) else None
         if loop is None and record.get("backing"):
@@ -433,13 +427,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                             "published it; the mount there is left untouched",
                             request.volume_id, target)  # fmt: skip
             return csi_pb2.NodeUnpublishVolumeResponse()  # not published there: nothing to do
-        if host_fs.is_mounted(target):
-            if not _shows_volume(record, target):  # type: ignore[arg-type]
-                raise errors.FailedPrecondition(
-                    f"volume {request.volume_id}: the mount at {target} is not this volume's "
-                    "(something was mounted over it); it is left untouched"
-                )
-            host_fs.unmount(target)
+        _unmount_own(record, target, block=record["block"])  # type: ignore[index]
         crash_points.reach("node_unpublish.after-unmount")
         if known.get("created", None) is True:
             host_fs.remove_path(target)
@@ -544,10 +532,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     # -- helpers ------------------------------------------------------------------------------
     def _mountable(self, canonical: str, field: str) -> str:
         """A canonical path the node may mount on: under one of ``node.mount_roots``."""
-        if not any(
-            canonical != root and os.path.commonpath([canonical, root]) == root
-            for root in self.mount_roots
-        ):
+        if not host_fs.is_under(canonical, self.mount_roots):
             raise errors.InvalidRequest(
                 f"{field} {canonical} is not under the node's mount_roots "
                 f"({', '.join(self.mount_roots)}); the plugin mounts nowhere else"
@@ -599,6 +584,20 @@ def _recorded_target(record: dict[str, Any], target: str, given: str) -> str:
 def _shows_volume(record: dict[str, Any], path: str) -> bool:
     """Whether the top mount at path is this volume (staged device, or its filesystem)."""
     return host_fs.mounted_from(path, record["device"], block=record["block"])
+
+
+def _unmount_own(record: dict[str, Any], path: str, block: bool) -> None:
+    """Unmount what is mounted at path if it shows this volume's recorded device;
+    anything else mounted there is refused and left alone. Nothing mounted: nothing to do."""
+    if not host_fs.is_mounted(path):
+        return
+    device = record.get("device")
+    if not device or not host_fs.mounted_from(path, device, block=block):
+        raise errors.FailedPrecondition(
+            f"volume {record['volume_id']}: the mount at {path} is not this volume's "
+            "(something was mounted over it); it is left untouched"
+        )
+    host_fs.unmount(path)
 
 
 def _refuse_foreign_mount(path: str, field: str) -> None:

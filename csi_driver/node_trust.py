@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Mapping, Sequence
 
-from csi_driver import errors, publish_context
+from csi_driver import errors, host_fs, publish_context
 from csi_driver.storage import Connection, SerializationError, connector
 
 LOG = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def connection_from(
 
 def local_device(connection: Connection, roots: Sequence[str]) -> str | None:
     """For a ``local`` connection, the canonical path of the file or block device it
-    names, proven to lie under one of ``roots``; None for other protocols."""
+    names, proven to lie under one of ``roots`` (canonical paths); None for other
+    protocols."""
     info = connection.connection_info
     if info.get("driver_volume_type") != "local":
         return None
@@ -91,14 +92,13 @@ def local_device(connection: Connection, roots: Sequence[str]) -> str | None:
             f"local connection: device_path {path!r} is not a canonical absolute path"
         )
     real = os.path.realpath(path)
-    allowed = [os.path.realpath(r) for r in roots]
-    if not any(real != root and os.path.commonpath([real, root]) == root for root in allowed):
+    if not host_fs.is_under(real, roots):
         SECURITY.warning("SECURITY: refused a local connection of volume %s to %s (%s): not "
                          "under node.local_roots %s", connection.volume_id, path, real,
-                         allowed or "(none configured)")  # fmt: skip
+                         list(roots) or "(none configured)")  # fmt: skip
         raise errors.InvalidRequest(
             f"local connection: device_path {path} ({real}) is not under the node's "
-            f"local_roots ({', '.join(allowed) or 'none configured'})"
+            f"local_roots ({', '.join(roots) or 'none configured'})"
         )
     if connection.volume_id not in os.path.basename(real):
         SECURITY.warning("SECURITY: refused a local connection of volume %s to %s: the file "

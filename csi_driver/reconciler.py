@@ -16,7 +16,7 @@ import logging
 import threading
 from collections import Counter
 
-from csi_driver import errors, rpc
+from csi_driver import errors, rpc, storage
 from csi_driver.storage import Connection, NotFound, Snapshot, StorageError, Volume, recovery
 from csi_driver.storage.resource import Resource
 
@@ -38,13 +38,12 @@ def lock_keys(resource: Resource) -> list[str]:
 
 def _read_again(resource: Resource) -> Resource | None:
     """The resource as stored now (an RPC may have healed or removed it meanwhile)."""
-    backend = resource.backend
     try:
         if isinstance(resource, Volume):
-            return backend.get_volume(resource.id)
+            return storage.get_volume(resource.id)  # the store, not a backend's loaded list
         if isinstance(resource, Snapshot):
-            return backend.get_snapshot(resource.id)
-        return backend.get_connection(resource.id)
+            return storage.get_snapshot(resource.id)
+        return resource.backend.get_connection(resource.id)
     except NotFound:
         return None
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -181,9 +181,19 @@ def _unimplemented(service: str, name: str) -> Callable[..., Message]:
     return handler()(method)
 
 
-def _request_id(context: grpc.ServicerContext) -> str:
-    """The caller's request id when it sent one (x-request-id metadata), else a new one."""
-    for key, value in context.invocation_metadata() or ():
+def caller_request_id(metadata: Sequence[tuple[str, Any]]) -> str | None:
+    """The request id the caller sent (x-request-id metadata) as it is logged: secrets
+    masked, at most 64 characters; None when it sent none."""
+    for key, value in metadata:
         if key == "x-request-id" and isinstance(value, str) and value:
             return mask_text(value)[:64]
+    return None
+
+
+def new_request_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    """The caller's request id when it sent one, else a new one."""
+    return caller_request_id(context.invocation_metadata() or ()) or new_request_id()

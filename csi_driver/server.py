@@ -22,7 +22,6 @@ import socket
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from csi_driver import storage
+from csi_driver import rpc, storage
 from csi_driver.config import PluginConfig
 from csi_driver.controller import ControllerService
 from csi_driver.csi_pb import csi_pb2_grpc
@@ -38,7 +37,6 @@ from csi_driver.identity import IdentityService
 from csi_driver.node import NodeService
 from csi_driver.reconciler import Reconciler
 from csi_driver.storage import connector
-from csi_driver.storage.secrets import mask_text
 
 LOG = logging.getLogger(__name__)
 MODES = ("controller", "node", "all")
@@ -202,11 +200,11 @@ class InFlightCalls(grpc.ServerInterceptor):
 
 def _with_request_id(metadata: Sequence[tuple[str, Any]]) -> tuple[tuple[Any, ...], str]:
     """The metadata with an ``x-request-id`` (added when missing), and that id as the
-    handlers log it (``rpc._request_id``: masked, at most 64 characters)."""
-    for key, value in metadata:
-        if key == "x-request-id" and isinstance(value, str) and value:
-            return tuple(metadata), mask_text(value)[:64]
-    request_id = uuid.uuid4().hex[:12]
+    handlers log it."""
+    given = rpc.caller_request_id(metadata)
+    if given is not None:
+        return tuple(metadata), given
+    request_id = rpc.new_request_id()
     return (*metadata, ("x-request-id", request_id)), request_id
 
 

@@ -121,11 +121,6 @@ POINTS: dict[str, str] = {
 }
 
 
-def armed() -> str | None:
-    """The point this process will die at, None when fault injection is off."""
-    return os.environ.get(ENV) or None
-
-
 def reach(name: str) -> None:
     """Die here when ``name`` is the armed point; otherwise do nothing."""
     if name not in POINTS:

@@ -334,29 +334,20 @@ class Client(threading.Thread):
         if code != Code.OK:
             return
         staging = run.staging(volume_id)
-        code, _ = self.call(
-            "NodeStageVolume",
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id=volume_id,
-                staging_target_path=str(staging),
-                volume_capability=cap,
-                publish_context=published.publish_context,
-            ),
+        stage = csi_pb2.NodeStageVolumeRequest(
+            volume_id=volume_id,
+            staging_target_path=str(staging),
+            volume_capability=cap,
+            publish_context=published.publish_context,
         )
+        code, _ = self.call("NodeStageVolume", stage)
         if code != Code.OK:
             return
         if self.rng.random() < 0.1:  # staged elsewhere: must be refused, and change nothing
             other = self.pods / "not-the-staging-path"
             other.mkdir(exist_ok=True)
-            self.call(
-                "NodeStageVolume",
-                csi_pb2.NodeStageVolumeRequest(
-                    volume_id=volume_id,
-                    staging_target_path=str(other),
-                    volume_capability=cap,
-                    publish_context=published.publish_context,
-                ),
-            )
+            stage.staging_target_path = str(other)
+            self.call("NodeStageVolume", stage)
         target = self.pods / f"{volume_id}-{self.rng.randrange(2)}"
         run.note_path("target", volume_id, str(target))
         code, _ = self.call(

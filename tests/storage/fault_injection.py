@@ -254,21 +254,25 @@ slow_opts = [
 ]
 
 
-class SlowFileDriver(FileDriver):
+class SlowFileDriver(FaultInjectingFileDriver):
     """FileDriver whose named methods hang for a while (fault injection, a fake on
     purpose): an array that takes minutes to answer, to watch how the plugin stops
-    while a driver call is still running.
+    while a driver call is still running, or to kill it in the middle of one.
 
-    ``fault_slow_operations`` names the methods (``create_volume``, ``delete_volume``,
-    ``extend_volume``, ``create_snapshot`` and ``initialize_connection`` can be slowed),
-    ``fault_slow_seconds`` the sleep before the real method runs, and
-    ``fault_slow_marker_dir``, if set, gets a file named after the method when the sleep
-    begins; with ``fault_slow_once`` a method whose marker exists runs at full speed.
+    It hooks the same driver methods as ``FaultInjectingFileDriver``.
+    ``fault_slow_operations`` names the methods, ``fault_slow_seconds`` the sleep before
+    the real method runs, and ``fault_slow_marker_dir``, if set, gets a file named after
+    the method when the sleep begins; with ``fault_slow_once`` a method whose marker
+    exists runs at full speed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.configuration.append_config_values(slow_opts)
+
+    def _maybe_fail(self, method: str) -> None:
+        self._maybe_sleep(method)
+        super()._maybe_fail(method)
 
     def _maybe_sleep(self, method: str) -> None:
         if method not in (self.configuration.safe_get("fault_slow_operations") or []):
@@ -282,23 +286,3 @@ class SlowFileDriver(FileDriver):
             with open(os.path.join(marker_dir, method), "a", encoding="utf-8"):
                 pass
         time.sleep(self.configuration.safe_get("fault_slow_seconds") or 0.0)
-
-    def create_volume(self, volume: Any) -> Any:
-        self._maybe_sleep("create_volume")
-        return super().create_volume(volume)
-
-    def delete_volume(self, volume: Any) -> Any:
-        self._maybe_sleep("delete_volume")
-        return super().delete_volume(volume)
-
-    def extend_volume(self, volume: Any, new_size: int) -> Any:
-        self._maybe_sleep("extend_volume")
-        return super().extend_volume(volume, new_size)
-
-    def create_snapshot(self, snapshot: Any) -> Any:
-        self._maybe_sleep("create_snapshot")
-        return super().create_snapshot(snapshot)
-
-    def initialize_connection(self, volume: Any, connector: Any) -> dict[str, Any]:
-        self._maybe_sleep("initialize_connection")
-        return super().initialize_connection(volume, connector)
