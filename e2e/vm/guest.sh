@@ -73,7 +73,7 @@ udevadm settle --timeout=30
 mark "volume group $CSI_VM_VG on $pv"
 
 # 5. The tests. Writable state lives under /run and /tmp; the repo is read-only.
-export CSI_VM_GUEST=1 CSI_VM_RESULTS="$results" TMPDIR=/tmp TARGETCLI_HOME=/run/targetcli HOME=/run/home
+export CSI_VM_GUEST=1 CSI_VM_RESULTS="$results" CSI_TEST_START_TIMEOUT=300 TMPDIR=/tmp TARGETCLI_HOME=/run/targetcli HOME=/run/home
 export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 mkdir -p "$HOME" "$TARGETCLI_HOME"
 cd "$repo" || fail "cd $repo"
