@@ -63,5 +63,31 @@ class StoreError(StorageError):
     """The metadata store failed or holds data it cannot read."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached (or did not answer in time).
+
+    Nothing of the failed call was applied: stores write in one transaction. The
+    caller may retry once the server is back.
+    """
+
+
+class NameInUse(StorageError):
+    """A record of that kind already holds the name a unique create asked for.
+
+    ``existing_id`` is the id of the record that holds it: callers that create
+    idempotently by name (CSI CreateVolume) continue with that record.
+    """
+
+    def __init__(self, kind: str, name: str, existing_id: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.existing_id = existing_id
+        super().__init__(f"{kind} name {name!r} is already held by {kind} {existing_id}")
+
+
+class BadPageToken(StorageError, ValueError):
+    """A listing continuation the store did not issue (or for another listing)."""
+
+
 class SerializationError(StorageError, ValueError):
     """Serialized data cannot be loaded; the message names the offending field."""

@@ -34,17 +34,40 @@ store runs):
   not a str.
 - A store that cannot read its own data raises ``StoreError`` naming the cause.
 - Stores are safe to call from several threads at once.
+
+Paging and unique names (for CSI listing and idempotent creates with several
+controller replicas):
+
+- ``list_page(kind, limit=N, token=T, **filters)`` returns up to N records in
+  ascending ``id`` order, starting after the position T names ("" = the start),
+  and the token of the next page ("" when this page reached the end). A page
+  costs O(page), never a read of every record. A token is opaque, issued by the
+  store for that kind; anything else raises ``BadPageToken``. A record that
+  exists during the whole listing is returned exactly once, whatever is added
+  or removed between pages.
+- ``connections_of(volume_ids)`` returns the connections of several volumes
+  in one read (the published nodes of a ListVolumes page).
+- ``create_unique(kind, record)`` stores a new volume or snapshot record unless
+  a record of that kind already holds its (non-empty) ``name``: then it raises
+  ``NameInUse`` naming the holder, and stores nothing. The check and the write
+  are one atomic step, also across processes sharing the store. A record whose
+  id is taken is refused with ``InvalidArgument``.
+- A store whose server is unreachable raises ``StoreUnavailable``, having
+  applied nothing of the failed call.
 """
 
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from csi_driver.storage.exceptions import InvalidArgument
+from csi_driver.storage.exceptions import BadPageToken, InvalidArgument
 
 Record = dict[str, Any]
 
@@ -52,6 +75,23 @@ VOLUME = "volume"
 SNAPSHOT = "snapshot"
 CONNECTION = "connection"
 KINDS = (VOLUME, SNAPSHOT, CONNECTION)
+#: Kinds whose records carry a ``name`` (what ``create_unique`` keeps unique).
+NAMED_KINDS = (VOLUME, SNAPSHOT)
+#: Filters ``list_page`` accepts per kind.
+PAGE_FILTERS: dict[str, tuple[str, ...]] = {
+    VOLUME: ("backend",),
+    SNAPSHOT: ("backend", "volume_id"),
+    CONNECTION: ("backend", "volume_id"),
+}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing: its records and the token of the next page."""
+
+    records: list[Record] = field(default_factory=list)
+    #: "" when this page reached the end of the listing.
+    next_token: str = ""
 
 
 class MetadataStore(abc.ABC):
@@ -92,7 +132,43 @@ class MetadataStore(abc.ABC):
     ) -> list[Record]:
         """Connection records matching every filter given."""
 
+    @abc.abstractmethod
+    def list_page(
+        self,
+        kind: str,
+        *,
+        limit: int,
+        token: str = "",
+        backend: str | None = None,
+        volume_id: str | None = None,
+    ) -> Page:
+        """Up to ``limit`` records of ``kind`` in id order, after ``token``'s position."""
+
+    def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
+        """The connections of every volume named, in one call.
+
+        Stores override this with one query; this fallback asks once per volume.
+        """
+        out: list[Record] = []
+        for volume_id in dict.fromkeys(volume_ids):
+            out.extend(self.get_connections(volume_id=volume_id))
+        return out
+
+    def iterate(self, kind: str, page_size: int = 500, **filters: str | None) -> Iterator[Record]:
+        """Every record of ``kind`` in id order, read a page at a time."""
+        token = ""
+        while True:
+            page = self.list_page(kind, limit=page_size, token=token, **filters)
+            yield from page.records
+            if not page.next_token:
+                return
+            token = page.next_token
+
     # -- writes --------------------------------------------------------------
+    @abc.abstractmethod
+    def create_unique(self, kind: str, record: Record) -> None:
+        """Store a new record of a NAMED_KINDS kind unless its name is taken (NameInUse)."""
+
     @abc.abstractmethod
     def write(
         self,
@@ -180,6 +256,53 @@ def check_filters(**filters: str | None) -> None:
     for key, value in filters.items():
         if value is not None and not isinstance(value, str):
             raise InvalidArgument(f"filter {key!r} must be a string or None, got {value!r}")
+
+
+def check_page_request(kind: str, limit: int, token: str, filters: dict[str, Any]) -> None:
+    """Refuse a listing request every store would have to refuse."""
+    check_kind(kind)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgument(f"page limit must be an integer >= 1, got {limit!r}")
+    if not isinstance(token, str):
+        raise InvalidArgument(f"page token must be a string, got {type(token).__name__}")
+    allowed = PAGE_FILTERS[kind]
+    unknown = sorted(k for k, v in filters.items() if v is not None and k not in allowed)
+    if unknown:
+        raise InvalidArgument(f"{kind} listing has no filter {', '.join(unknown)}; "
+                              f"its filters are: {', '.join(allowed)}")  # fmt: skip
+    check_filters(**filters)
+
+
+def check_unique_create(kind: str, record: Record) -> str:
+    """The name a unique create keeps unique, once kind and name are checked."""
+    if kind not in NAMED_KINDS:
+        raise InvalidArgument(f"create_unique takes a volume or snapshot record, not {kind!r}")
+    name = record.get("name") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"create_unique needs a {kind} record with a non-empty name")
+    return name
+
+
+_TOKEN_VERSION = "p1"  # noqa: S105 - a format tag, not a secret
+
+
+def issue_token(kind: str, position: str) -> str:
+    """An opaque continuation: the kind and the last position (an id, or a store's
+    own cursor) a page returned."""
+    payload = json.dumps([_TOKEN_VERSION, kind, position], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def read_token(kind: str, token: str) -> str:
+    """The position ``issue_token`` put in ``token``; BadPageToken for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, token_kind, position = json.loads(raw)
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        raise BadPageToken(f"page token {token[:64]!r} was not issued by this store") from None
+    if version != _TOKEN_VERSION or token_kind != kind or not isinstance(position, str):
+        raise BadPageToken(f"page token {token[:64]!r} was not issued for a {kind} listing")
+    return position
 
 
 def check_key(key: str) -> None:

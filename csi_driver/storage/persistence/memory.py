@@ -7,24 +7,31 @@ indexes on the filter columns keep lookups from scanning every record.
 
 from __future__ import annotations
 
+import bisect
 import operator
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from csi_driver.storage.exceptions import InvalidArgument, NameInUse
 from csi_driver.storage.persistence.base import (
     CONNECTION,
     KINDS,
     SNAPSHOT,
     VOLUME,
     MetadataStore,
+    Page,
     Record,
     check_filters,
     check_key,
     check_kind,
+    check_page_request,
+    check_unique_create,
     check_value,
     decode_records,
     encode_record,
+    issue_token,
+    read_token,
 )
 
 #: Filter columns indexed per kind (``id`` is the dict key itself).
@@ -57,12 +64,14 @@ class _Table:
         # column -> value -> ids (a dict used as an ordered set)
         self.indexes: dict[str, dict[str, dict[str, None]]] = {col: {} for col in columns}
         self.next_seq = 0
+        self.sorted_ids: list[str] = []  # for paging in id order
 
     def put(self, record_id: str, columns: dict[str, str | None], text: str) -> None:
         old = self.rows.get(record_id)
         if old is None:
             seq = self.next_seq
             self.next_seq += 1
+            bisect.insort(self.sorted_ids, record_id)
         else:
             seq = old.seq
             self._unindex(record_id, old)
@@ -75,6 +84,7 @@ class _Table:
         old = self.rows.pop(record_id, None)
         if old is not None:
             self._unindex(record_id, old)
+            del self.sorted_ids[bisect.bisect_left(self.sorted_ids, record_id)]
 
     def _unindex(self, record_id: str, row: _Row) -> None:
         for col, value in row.columns.items():
@@ -105,6 +115,27 @@ class _Table:
             for row in rows
             if all(row.columns[col] == value for col, value in wanted.items())
         ]
+
+    def page(self, after: str, limit: int, filters: dict[str, str]) -> tuple[list[str], bool]:
+        """Ids of up to ``limit`` matching records after ``after``, in id order, and
+        whether more follow."""
+        volume_id = filters.get("volume_id")
+        if volume_id is not None:
+            bucket = self.indexes["volume_id"].get(volume_id, {})
+            candidates = sorted(i for i in bucket if i > after)
+            start = 0
+        else:
+            candidates = self.sorted_ids
+            start = bisect.bisect_right(candidates, after) if after else 0
+        found: list[str] = []
+        for index in range(start, len(candidates)):  # no slice: it would copy the rest
+            record_id = candidates[index]
+            columns = self.rows[record_id].columns
+            if all(columns[col] == value for col, value in filters.items()):
+                if len(found) == limit:
+                    return found, True
+                found.append(record_id)
+        return found, False
 
 
 class MemoryStore(MetadataStore):
@@ -153,6 +184,50 @@ class MemoryStore(MetadataStore):
         volume_id: str | None = None,
     ) -> list[Record]:
         return self._select(CONNECTION, connection_id, {"backend": backend, "volume_id": volume_id})
+
+    def list_page(
+        self,
+        kind: str,
+        *,
+        limit: int,
+        token: str = "",
+        backend: str | None = None,
+        volume_id: str | None = None,
+    ) -> Page:
+        filters = {"backend": backend, "volume_id": volume_id}
+        check_page_request(kind, limit, token, filters)
+        after = read_token(kind, token) if token else ""
+        wanted = {col: value for col, value in filters.items() if value is not None}
+        with self._lock:
+            table = self._tables[kind]
+            found, more = table.page(after, limit, wanted)
+            texts = [table.rows[i].text for i in found]
+        next_token = issue_token(kind, found[-1]) if more and found else ""
+        return Page(decode_records(texts), next_token)
+
+    def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
+        for volume_id in volume_ids:
+            check_filters(volume_id=volume_id)
+        with self._lock:
+            table = self._tables[CONNECTION]
+            index = table.indexes["volume_id"]
+            texts = [
+                table.rows[i].text for v in dict.fromkeys(volume_ids) for i in index.get(v, {})
+            ]
+        return decode_records(texts)
+
+    def create_unique(self, kind: str, record: Record) -> None:
+        name = check_unique_create(kind, record)
+        text = encode_record(kind, record)
+        columns = {col: record.get(col) for col in _INDEXED[kind]}
+        with self._lock:
+            table = self._tables[kind]
+            holders = table.indexes["name"].get(name)
+            if holders:
+                raise NameInUse(kind, name, next(iter(holders)))
+            if record["id"] in table.rows:
+                raise InvalidArgument(f"a {kind} with id {record['id']!r} already exists")
+            table.put(record["id"], columns, text)
 
     def write(
         self,

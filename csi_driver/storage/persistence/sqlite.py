@@ -15,23 +15,28 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from csi_driver.storage.exceptions import InvalidArgument, StoreError
+from csi_driver.storage.exceptions import InvalidArgument, NameInUse, StoreError
 from csi_driver.storage.persistence.base import (
     CONNECTION,
     SNAPSHOT,
     VOLUME,
     MetadataStore,
+    Page,
     Record,
     check_filters,
     check_key,
     check_kind,
+    check_page_request,
+    check_unique_create,
     check_value,
     decode_records,
     encode_record,
+    issue_token,
+    read_token,
 )
 
 LOG = logging.getLogger(__name__)
@@ -85,6 +90,8 @@ def _upsert_sql(kind: str) -> str:
 
 _UPSERT = {kind: _upsert_sql(kind) for kind in _TABLES}
 _SYNCHRONOUS = ("FULL", "NORMAL")
+#: Volume ids per ``IN (...)`` query: well under SQLite's bound on parameters.
+_IN_CHUNK = 500
 
 
 #: Files SQLite keeps beside the database in WAL mode.
@@ -328,7 +335,74 @@ class SQLiteStore(MetadataStore):
         filters = {"id": connection_id, "backend": backend, "volume_id": volume_id}
         return self._select(CONNECTION, filters)
 
+    def list_page(
+        self,
+        kind: str,
+        *,
+        limit: int,
+        token: str = "",
+        backend: str | None = None,
+        volume_id: str | None = None,
+    ) -> Page:
+        filters = {"backend": backend, "volume_id": volume_id}
+        check_page_request(kind, limit, token, filters)
+        given: list[tuple[str, str]] = [(c, v) for c, v in filters.items() if v is not None]
+        if token:
+            given.insert(0, ("id", read_token(kind, token)))
+        where = " AND ".join(f"{col} {'>' if col == 'id' else '='} ?" for col, _ in given) or "1"
+        sql = f"SELECT id, data FROM {_TABLES[kind]} WHERE {where} ORDER BY id LIMIT ?"  # noqa: S608
+        try:
+            rows = self._conn().execute(sql, [v for _, v in given] + [limit + 1]).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            records = decode_records(data for _, data in rows)
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"cannot list {kind} records") from exc
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"metadata store {self.path}: a {kind} record is not valid JSON: {exc}"
+            ) from exc
+        return Page(records, issue_token(kind, rows[-1][0]) if more and rows else "")
+
+    def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
+        wanted = list(dict.fromkeys(volume_ids))
+        for volume_id in wanted:
+            check_filters(volume_id=volume_id)
+        texts: list[str] = []
+        try:
+            conn = self._conn()
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT data FROM connections WHERE volume_id IN ({marks}) ORDER BY pos"  # noqa: S608
+                texts.extend(data for (data,) in conn.execute(sql, chunk))
+            return decode_records(texts)
+        except sqlite3.Error as exc:
+            raise self._error(exc, "cannot read connection records") from exc
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"metadata store {self.path}: a connection record is not valid JSON: {exc}"
+            ) from exc
+
     # -- writes --------------------------------------------------------------
+    def create_unique(self, kind: str, record: Record) -> None:
+        name = check_unique_create(kind, record)
+        text = encode_record(kind, record)
+        row = (record["id"], *(record.get(col) for col in _COLUMNS[kind]), text)
+        table = _TABLES[kind]
+        # BEGIN IMMEDIATE holds the write lock from the name check to the insert,
+        # so two processes cannot both find the name free.
+        with self._transaction(f"cannot create a {kind} record") as conn:
+            holder = conn.execute(
+                f"SELECT id FROM {table} WHERE name = ? ORDER BY pos LIMIT 1",  # noqa: S608
+                (name,),
+            ).fetchone()
+            if holder is not None:
+                raise NameInUse(kind, name, holder[0])
+            if conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (record["id"],)).fetchone():  # noqa: S608
+                raise InvalidArgument(f"a {kind} with id {record['id']!r} already exists")
+            conn.execute(_UPSERT[kind], row)
+
     def write(
         self,
         *,

@@ -1,8 +1,7 @@
 """The contract of ``MetadataStore`` (see base.py), run against every store.
 
-A new store joins by appending a factory to ``STORE_FACTORIES``: a callable
-taking pytest's ``tmp_path`` and returning a fresh, empty store (it may call
-``pytest.skip`` when its service is not reachable).
+The ``store`` fixture (conftest.py) gives every store in turn; a new store joins by
+adding a factory to ``csi_support.stores.STORE_FACTORIES``.
 """
 
 from __future__ import annotations
@@ -10,49 +9,13 @@ from __future__ import annotations
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from csi_support.stores import conn, ids, snap, vol
 
 from csi_driver.storage.exceptions import InvalidArgument
 from csi_driver.storage.persistence import MetadataStore
-from csi_driver.storage.persistence.memory import MemoryStore
-from csi_driver.storage.persistence.sqlite import SQLiteStore
-
-StoreFactory = Callable[[Path], MetadataStore]
-
-STORE_FACTORIES: list[tuple[str, StoreFactory]] = [
-    ("memory", lambda tmp_path: MemoryStore()),
-    ("sqlite", lambda tmp_path: SQLiteStore(path=tmp_path / "metadata.db")),
-]
-
-
-@pytest.fixture(
-    params=[factory for _, factory in STORE_FACTORIES], ids=[name for name, _ in STORE_FACTORIES]
-)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
-    instance = request.param(tmp_path)
-    yield instance
-    instance.close()
-
-
-def vol(vid: str, backend: str = "lvm", name: str | None = None, **extra: object) -> dict:
-    return {"id": vid, "backend": backend, "name": name, **extra}
-
-
-def snap(
-    sid: str, volume_id: str, backend: str = "lvm", name: str | None = None, **extra: object
-) -> dict:
-    return {"id": sid, "backend": backend, "volume_id": volume_id, "name": name, **extra}
-
-
-def conn(cid: str, volume_id: str, backend: str = "lvm", **extra: object) -> dict:
-    return {"id": cid, "backend": backend, "volume_id": volume_id, **extra}
-
-
-def ids(records: list[dict]) -> list[str]:
-    return [record["id"] for record in records]
 
 
 def everything(store: MetadataStore) -> tuple[list[dict], list[dict], list[dict]]:
