@@ -3,6 +3,7 @@
 csi-driver --endpoint unix:///run/csi/csi.sock --mode all --config FILE
 csi-driver call --endpoint unix:///run/csi/csi.sock probe
 csi-driver demo --data-dir data
+csi-driver store copy --from OLD.yaml --to NEW.yaml
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from csi_driver import client, log_format
+from csi_driver import client, log_format, store_copy
+
+#: Subcommands; anything else on the command line is the plugin's own options.
+_TOOLS = ("demo", "call", "store")
 
 
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csi-driver",
         description="Kubernetes CSI plugin driving Cinder volume drivers directly. "
-        "Other commands: 'csi-driver call ...' (a tiny client), 'csi-driver demo'.",
+        "Other commands: 'csi-driver call ...' (a tiny client), 'csi-driver demo', "
+        "'csi-driver store copy ...' (move metadata between stores).",
     )
     parser.add_argument("--endpoint", required=True, help="unix:///PATH or tcp://HOST:PORT")
     parser.add_argument("--mode", choices=("controller", "node", "all"), default="all")
@@ -35,6 +40,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     run_demo = commands.add_parser("demo", help="run a volume life cycle on the embedded default")
     run_demo.add_argument("--data-dir", default="data", help="where volumes and metadata live")
     client.add_parser(commands)
+    store_copy.add_parser(commands)
     return parser
 
 
@@ -72,14 +78,14 @@ def serve(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (
-        argv[0] not in ("demo", "call")
-        and not (
-            argv[0].startswith("--log-level") and len(argv) > 2 and argv[2] in ("demo", "call")
-        )
+        argv[0] not in _TOOLS
+        and not (argv[0].startswith("--log-level") and len(argv) > 2 and argv[2] in _TOOLS)
     ):
         return serve(argv)
     args = _tools_parser().parse_args(argv)
     _logging(args.log_level)
+    if args.command == "store":
+        return store_copy.run(args)
     if args.command == "demo":
         from csi_driver.demo import demo
 

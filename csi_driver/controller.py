@@ -9,8 +9,7 @@ come from ``errors.STATUS_CODES``; nothing here imports Cinder.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -23,7 +22,7 @@ from csi_driver.config import PluginConfig
 from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
 from csi_driver.node_state import NodeState
 from csi_driver.reconciler import Reconciler
-from csi_driver.storage import Connection, NotFound, Snapshot, Volume, recovery
+from csi_driver.storage import Connection, NameInUse, NotFound, Snapshot, Volume, catalog, recovery
 
 LOG = logging.getLogger(__name__)
 GiB = req.GiB
@@ -39,6 +38,9 @@ MAP_LIMIT = 4096
 FAILED = ("error", "error_deleting")
 
 T = TypeVar("T")
+#: CreateVolume/CreateSnapshot: how often a name found taken is looked up again
+#: before the holder is judged out of this controller's reach.
+_NAME_RACE_ROUNDS = 3
 
 
 @rpc.answer_unimplemented
@@ -75,41 +77,64 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         backend = storage.Backend.backends[backend_cfg.name]
         access_type = "block" if access.block else "mount"
 
-        for found in storage.find_volumes(request.name):
-            with self.inflight.hold([f"volume:{found.id}"]):
-                existing = self._settled_volume(found, replace_failed=True)
-            if existing is None:
-                continue
-            self._check_same_volume(existing, request, backend_cfg.name, volume_type, access)
-            return csi_pb2.CreateVolumeResponse(volume=self._volume_message(existing, source))
+        # The name's check and claim are one store step (create_unique): of several
+        # replicas creating one name, one creates and the others answer with its volume.
+        for _ in range(_NAME_RACE_ROUNDS):
+            for found in storage.find_volumes(request.name):
+                with self.inflight.hold([f"volume:{found.id}"]):
+                    existing = self._settled_volume(found, replace_failed=True)
+                if existing is None:
+                    continue
+                self._check_same_volume(existing, request, backend_cfg.name, volume_type, access)
+                return csi_pb2.CreateVolumeResponse(volume=self._volume_message(existing, source))
+            extra: dict[str, Any] = {
+                "metadata": {ACCESS_KEY: access_type},
+                "multiattach": access.multi_node,
+                "unique_name": True,
+            }
+            if volume_type:
+                extra["volume_type"] = volume_type
+            try:
+                volume = self._new_volume(
+                    backend, backend_cfg.name, request.name, size, source, extra
+                )
+            except NameInUse:
+                continue  # created meanwhile by another caller: answer with that one
+            return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume, source))
+        raise errors.AlreadyExists(
+            f"volume name {request.name!r} is held by a volume on a backend this controller "
+            "does not serve"
+        )
 
-        extra: dict[str, Any] = {
-            "metadata": {ACCESS_KEY: access_type},
-            "multiattach": access.multi_node,
-        }
-        if volume_type:
-            extra["volume_type"] = volume_type
+    def _new_volume(
+        self,
+        backend: storage.Backend,
+        backend_name: str,
+        name: str,
+        size: int,
+        source: csi_pb2.VolumeContentSource | None,
+        extra: dict[str, Any],
+    ) -> Volume:
+        """Create the volume CreateVolume asks for: empty, from a snapshot, or a clone."""
         if source is None:
-            volume = backend.create_volume(size=size, name=request.name, **extra)
-        elif source.HasField("snapshot"):
-            snapshot = self._source_snapshot(source.snapshot.snapshot_id, backend_cfg.name)
+            return backend.create_volume(size=size, name=name, **extra)
+        if source.HasField("snapshot"):
+            snapshot = self._source_snapshot(source.snapshot.snapshot_id, backend_name)
             if size * GiB < snapshot.volume_size * GiB:
                 raise errors.OutOfRange(
                     f"snapshot {snapshot.id} holds {snapshot.volume_size} GiB; the requested "
                     f"capacity ({size} GiB) is smaller"
                 )
-            volume = snapshot.create_volume(size=size, name=request.name, **extra)
-        elif source.HasField("volume"):
-            parent = self._source_volume(source.volume.volume_id, backend_cfg.name)
+            return snapshot.create_volume(size=size, name=name, **extra)
+        if source.HasField("volume"):
+            parent = self._source_volume(source.volume.volume_id, backend_name)
             if size < parent.size:
                 raise errors.OutOfRange(
                     f"volume {parent.id} holds {parent.size} GiB; the requested capacity "
                     f"({size} GiB) is smaller"
                 )
-            volume = parent.clone(size=size, name=request.name, **extra)
-        else:
-            raise errors.InvalidRequest("volume_content_source names neither snapshot nor volume")
-        return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume, source))
+            return parent.clone(size=size, name=name, **extra)
+        raise errors.InvalidRequest("volume_content_source names neither snapshot nor volume")
 
     def _check_same_volume(
         self,
@@ -418,10 +443,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ListVolumes(
         self, request: csi_pb2.ListVolumesRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ListVolumesResponse:
-        volumes = [v for v in storage.find_volumes() if v.status not in ("creating", "deleting")]
-        page, token = _page(volumes, request.max_entries, request.starting_token)
+        _check_max_entries(request.max_entries)
+        page, token = catalog.volumes_page(
+            request.max_entries, request.starting_token, keep=_listed
+        )
         nodes: dict[str, set[str]] = {}
-        for connection in storage.find_connections():  # one store read for the page
+        for connection in catalog.connections_of([v.id for v in page]):  # one store read
             node = connection.connector.get(NODE_ID_PROPERTY)
             if node:
                 nodes.setdefault(connection.volume_id, set()).add(node)
@@ -496,6 +523,27 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                          if not k.startswith(req.K8S_PARAMETER_PREFIX))  # fmt: skip
         if unknown:
             raise errors.InvalidRequest(f"unknown snapshot parameter {unknown[0]!r}")
+        for _ in range(_NAME_RACE_ROUNDS):
+            answer = self._existing_snapshot(request)
+            if answer is not None:
+                return answer
+            try:
+                with self.inflight.hold([f"volume:{request.source_volume_id}"]):
+                    volume = self._volume(request.source_volume_id)
+                    snapshot = volume.create_snapshot(name=request.name, unique_name=True)
+            except NameInUse:
+                continue  # created meanwhile by another caller: judge that one
+            return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot_message(snapshot))
+        raise errors.AlreadyExists(
+            f"snapshot name {request.name!r} is held by a snapshot on a backend this "
+            "controller does not serve"
+        )
+
+    def _existing_snapshot(
+        self, request: csi_pb2.CreateSnapshotRequest
+    ) -> csi_pb2.CreateSnapshotResponse | None:
+        """The answer for a snapshot name already taken, or None when it is free (an
+        interrupted or failed earlier attempt is undone first)."""
         for existing in storage.find_snapshots(name=request.name):
             if recovery.is_interrupted(existing):  # undo or finish it, then judge the name
                 keys = [f"snapshot:{existing.id}", f"volume:{existing.volume_id}"]
@@ -514,10 +562,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     existing.delete()
                 continue
             return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot_message(existing))
-        with self.inflight.hold([f"volume:{request.source_volume_id}"]):
-            volume = self._volume(request.source_volume_id)
-            snapshot = volume.create_snapshot(name=request.name)
-        return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot_message(snapshot))
+        return None
 
     @rpc.handler(lock=lambda r: [f"snapshot:{r.snapshot_id}"] if r.snapshot_id else [])
     def DeleteSnapshot(
@@ -545,15 +590,20 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ListSnapshots(
         self, request: csi_pb2.ListSnapshotsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ListSnapshotsResponse:
+        _check_max_entries(request.max_entries)
         if request.snapshot_id:
             one = _optional(storage.get_snapshot, request.snapshot_id)
-            snapshots = [one] if one is not None else []
+            page = [one] if one is not None and _listed(one) else []
             if request.source_volume_id:
-                snapshots = [s for s in snapshots if s.volume_id == request.source_volume_id]
+                page = [s for s in page if s.volume_id == request.source_volume_id]
+            token = ""
         else:
-            snapshots = storage.find_snapshots(volume_id=request.source_volume_id or None)
-        snapshots = [s for s in snapshots if s.status not in ("creating", "deleting")]
-        page, token = _page(snapshots, request.max_entries, request.starting_token)
+            page, token = catalog.snapshots_page(
+                request.max_entries,
+                request.starting_token,
+                keep=_listed,
+                volume_id=request.source_volume_id or None,
+            )
         return csi_pb2.ListSnapshotsResponse(
             entries=[
                 csi_pb2.ListSnapshotsResponse.Entry(snapshot=_snapshot_message(s)) for s in page
@@ -618,31 +668,11 @@ def _rfc3339(stamp: str) -> str:
     return text if text.endswith("Z") else text + "Z"
 
 
-def _page(items: Sequence[T], max_entries: int, token: str) -> tuple[Sequence[T], str]:
-    """A page of ``items`` (sorted by id) and the token for the next one.
-
-    The token is the id of the last entry returned, so a page stays correct when
-    earlier entries are deleted between calls; an unknown token is ABORTED, as the
-    spec asks for a starting_token the plugin did not issue.
-    """
+def _check_max_entries(max_entries: int) -> None:
     if max_entries < 0:
         raise errors.InvalidRequest(f"max_entries must not be negative, got {max_entries}")
-    start = 0
-    if token:
-        ids = [getattr(i, "id") for i in items]  # noqa: B009 - Volume or Snapshot
-        if token not in ids and not _looks_issued(token):
-            raise errors.UnknownToken(f"starting_token {token!r} was not issued by this plugin")
-        start = next((n for n, i in enumerate(ids) if i > token), len(ids))
-    end = len(items) if max_entries == 0 else start + max_entries
-    page = items[start:end]
-    next_token = getattr(page[-1], "id") if end < len(items) and page else ""  # noqa: B009
-    return page, next_token
 
 
-def _looks_issued(token: str) -> bool:
-    """A token whose entry was deleted since it was issued is still a valid position
-    (it has the shape of the ids this plugin makes); anything else was never issued."""
-    try:
-        return str(uuid.UUID(token)) == token
-    except ValueError:
-        return False
+def _listed(item: Volume | Snapshot) -> bool:
+    """Whether List* shows it: not while it is being created or deleted."""
+    return item.status not in ("creating", "deleting")

@@ -80,6 +80,10 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     storage_errors.NotSupported: grpc.StatusCode.FAILED_PRECONDITION,
     storage_errors.BackendSetupError: grpc.StatusCode.UNAVAILABLE,
     storage_errors.StoreError: grpc.StatusCode.UNAVAILABLE,
+    # A continuation token of the store's listing that it did not issue (the spec's answer).
+    storage_errors.BadPageToken: grpc.StatusCode.ABORTED,
+    # Only reaches a caller when the name's holder is on a backend this process lacks.
+    storage_errors.NameInUse: grpc.StatusCode.ALREADY_EXISTS,
     storage_errors.DriverError: grpc.StatusCode.INTERNAL,
     storage_errors.AttachError: grpc.StatusCode.INTERNAL,
     # Node host operations: refusing to format, a mount that would hide or cut off others and

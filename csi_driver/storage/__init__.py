@@ -36,11 +36,13 @@ from csi_driver.storage.exceptions import (
     DriverError,
     InvalidArgument,
     InvalidState,
+    NameInUse,
     NotFound,
     NotSupported,
     SerializationError,
     StorageError,
     StoreError,
+    StoreUnavailable,
 )
 from csi_driver.storage.runtime import setup
 from csi_driver.storage.snapshot import Snapshot
@@ -48,10 +50,10 @@ from csi_driver.storage.volume import Volume
 
 __all__ = [
     "AttachError", "Backend", "BackendSetupError", "Connection", "DriverError",
-    "InvalidArgument", "InvalidState", "NotFound", "NotSupported", "SerializationError",
-    "Snapshot", "StorageError", "StoreError", "Volume", "dump", "dumps", "find_connections",
-    "find_snapshots", "find_volumes", "get_snapshot", "get_volume", "json", "jsons", "load",
-    "setup",
+    "InvalidArgument", "InvalidState", "NameInUse", "NotFound", "NotSupported",
+    "SerializationError", "Snapshot", "StorageError", "StoreError", "StoreUnavailable", "Volume",
+    "dump", "dumps", "find_connections", "find_snapshots", "find_volumes", "get_snapshot",
+    "get_volume", "json", "jsons", "load", "setup",
 ]  # fmt: skip
 
 

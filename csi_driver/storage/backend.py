@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from csi_driver.storage import runtime, secrets, serialization
+from csi_driver.storage import runtime, secrets, serialization, validation
 from csi_driver.storage.exceptions import InvalidArgument, NotFound, NotSupported
 from csi_driver.storage.volume import Volume
 
@@ -192,10 +192,14 @@ class Backend(serialization.Serializable):
 
         ``extra`` accepts ``id``, ``pool``, ``volume_type`` (name, extra_specs,
         qos_specs) or ``extra_specs``/``qos_specs``, ``multiattach``,
-        ``availability_zone`` and ``metadata``.
+        ``availability_zone`` and ``metadata``; ``unique_name=True`` refuses the
+        create with ``NameInUse`` when another volume holds ``name`` (one atomic
+        store step, so concurrent creators of one name get one volume).
         """
-        record = Volume._new_record(self, size, name, description, dict(extra))
-        return Volume._create(self, record, "create_volume")
+        extra = dict(extra)
+        unique = validation.pop_unique_name("volume", name, extra)
+        record = Volume._new_record(self, size, name, description, extra)
+        return Volume._create(self, record, "create_volume", unique_name=unique)
 
     def is_loaded(self, relation: str) -> bool:
         if relation != "volumes":

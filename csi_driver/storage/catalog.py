@@ -7,14 +7,18 @@ backend is not configured in this process is reported by name rather than skippe
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from csi_driver.storage import runtime
 from csi_driver.storage.backend import Backend
 from csi_driver.storage.connection import Connection
 from csi_driver.storage.exceptions import InvalidState, NotFound
+from csi_driver.storage.persistence.base import SNAPSHOT, VOLUME, Record
 from csi_driver.storage.snapshot import Snapshot
 from csi_driver.storage.volume import Volume
+
+T = TypeVar("T")
 
 
 def _backend_of(record: dict[str, Any], kind: str) -> Backend:
@@ -69,5 +73,62 @@ def find_connections() -> list[Connection]:
     return [
         Connection(Backend.backends[r["backend"]], r)
         for r in runtime.store().get_connections()
+        if r["backend"] in Backend.backends
+    ]
+
+
+#: Records read per store page when a listing has no limit of its own.
+FULL_LISTING_PAGE = 500
+
+
+def _page_of(
+    kind: str,
+    wrap: Callable[[Backend, Record], T],
+    keep: Callable[[T], bool],
+    limit: int,
+    token: str,
+    **filters: str | None,
+) -> tuple[list[T], str]:
+    """Up to ``limit`` (0: all) kept objects after the store token ``token``, in id
+    order, and the store token of the next page ("" at the end).
+
+    Each store page asks for no more than the entries still missing, so every record
+    read is returned or skipped and the store's own next token is the right one; a
+    page costs O(page) store work, not a read of every record.
+    """
+    out: list[T] = []
+    while True:
+        want = FULL_LISTING_PAGE if limit == 0 else limit - len(out)
+        page = runtime.store().list_page(kind, limit=want, token=token, **filters)
+        for record in page.records:
+            backend = Backend.backends.get(record["backend"])
+            if backend is not None:
+                item = wrap(backend, record)
+                if keep(item):
+                    out.append(item)
+        token = page.next_token
+        if not token or (limit and len(out) >= limit):
+            return out, token
+
+
+def volumes_page(
+    limit: int, token: str, keep: Callable[[Volume], bool]
+) -> tuple[list[Volume], str]:
+    """A page of volumes on configured backends (see ``_page_of``)."""
+    return _page_of(VOLUME, Volume, keep, limit, token)
+
+
+def snapshots_page(
+    limit: int, token: str, keep: Callable[[Snapshot], bool], volume_id: str | None = None
+) -> tuple[list[Snapshot], str]:
+    """A page of snapshots on configured backends, of one volume if given."""
+    return _page_of(SNAPSHOT, Snapshot, keep, limit, token, volume_id=volume_id)
+
+
+def connections_of(volume_ids: list[str]) -> list[Connection]:
+    """The connections of those volumes, in one store read."""
+    return [
+        Connection(Backend.backends[r["backend"]], r)
+        for r in runtime.store().connections_of(volume_ids)
         if r["backend"] in Backend.backends
     ]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage import crash_points, validation
 from csi_driver.storage.exceptions import InvalidArgument, NotFound
+from csi_driver.storage.persistence.base import SNAPSHOT as SNAPSHOT_KIND
 from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
 
@@ -59,6 +60,8 @@ class Snapshot(Resource):
     ) -> Snapshot:
         validation.check_optional_str("name", name)
         validation.check_optional_str("description", description)
+        extra = dict(extra)
+        unique = validation.pop_unique_name("snapshot", name, extra)
         opts = validation.resource_extras("snapshot", extra)
         store = volume._store()
         snapshot_id = opts.get("id") or new_id()
@@ -87,7 +90,10 @@ class Snapshot(Resource):
         )
         snapshot = cls(volume.backend, record, volume=volume)
         record["operation"] = {"name": "create_snapshot", "started_at": now}
-        store.set_snapshot(record)
+        if unique:
+            store.create_unique(SNAPSHOT_KIND, record)
+        else:
+            store.set_snapshot(record)
         crash_points.reach("create_snapshot.before-driver")
         try:
             updates = volume.backend._host.create_snapshot(record, volume._data)
@@ -125,7 +131,14 @@ class Snapshot(Resource):
                 f"a volume from snapshot {self.id} needs at least {self.volume_size} GiB"
             )
         source = self.volume
+        extra = dict(extra)
+        unique = validation.pop_unique_name("volume", name, extra)
         record = source._derived_record(size, name, description, extra, source_snapshot_id=self.id)
         return Volume._create(
-            self.backend, record, "create_volume_from_snapshot", self._data, source._data
+            self.backend,
+            record,
+            "create_volume_from_snapshot",
+            self._data,
+            source._data,
+            unique_name=unique,
         )

@@ -112,6 +112,17 @@ def volume_extras(extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def pop_unique_name(kind: str, name: Any, extra: dict[str, Any]) -> bool:
+    """Take ``unique_name`` out of creation keywords: whether the new record must be
+    the only one of its kind with ``name`` (checked and stored in one store step)."""
+    unique = extra.pop("unique_name", False)
+    if not isinstance(unique, bool):
+        raise InvalidArgument(f"unique_name must be True or False, got {unique!r}")
+    if unique and not (isinstance(name, str) and name):
+        raise InvalidArgument(f"unique_name needs a non-empty {kind} name")
+    return unique
+
+
 def resource_extras(kind: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments accepted when creating snapshots: ``id`` and ``metadata``."""
     unknown = sorted(set(extra) - _RESOURCE_EXTRAS)

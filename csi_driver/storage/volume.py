@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage import connector, crash_points, validation
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState, NotFound
+from csi_driver.storage.persistence.base import VOLUME as VOLUME_KIND
 from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, utcnow
 
@@ -141,6 +142,7 @@ class Volume(Resource):
         record: Record,
         driver_call: str,
         *sources: Record,
+        unique_name: bool = False,
     ) -> Volume:
         """Store a 'creating' record, run the driver, and keep nothing if it fails.
 
@@ -150,7 +152,10 @@ class Volume(Resource):
         volume = cls(backend, record, snapshots=[], connections=[])
         store = backend._store()
         record["operation"] = {"name": driver_call, "started_at": record["created_at"]}
-        store.set_volume(record)
+        if unique_name:
+            store.create_unique(VOLUME_KIND, record)
+        else:
+            store.set_volume(record)
         crash_points.reach(f"{driver_call}.before-driver")
         try:
             updates = getattr(backend._host, driver_call)(record, *sources)
@@ -230,8 +235,12 @@ class Volume(Resource):
         validation.check_size(size)
         if size < self.size:
             raise InvalidArgument(f"a clone cannot be smaller than its source ({self.size} GiB)")
+        extra = dict(extra)
+        unique = validation.pop_unique_name("volume", name, extra)
         record = self._derived_record(size, name, description, extra, source_volume_id=self.id)
-        return Volume._create(self.backend, record, "create_cloned_volume", self._data)
+        return Volume._create(
+            self.backend, record, "create_cloned_volume", self._data, unique_name=unique
+        )
 
     def create_snapshot(
         self, name: str | None = None, description: str | None = None, **extra: Any

@@ -220,6 +220,10 @@ class MetadataStore(abc.ABC):
     def delete_value(self, key: str) -> None:
         """Forget ``key``; a missing key is not an error."""
 
+    @abc.abstractmethod
+    def get_values(self) -> dict[str, str]:
+        """Every key/value pair (they are few and small: copied whole between stores)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Release files, sockets or threads; the store is unusable afterwards."""
 

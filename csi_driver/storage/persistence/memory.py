@@ -266,3 +266,7 @@ class MemoryStore(MetadataStore):
         check_key(key)
         with self._lock:
             self._values.pop(key, None)
+
+    def get_values(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._values)

@@ -447,6 +447,12 @@ class SQLiteStore(MetadataStore):
                 (key, value),
             )
 
+    def get_values(self) -> dict[str, str]:
+        try:
+            return dict(self._conn().execute("SELECT key, value FROM kv ORDER BY key"))
+        except sqlite3.Error as exc:
+            raise self._error(exc, "cannot read values") from exc
+
     def delete_value(self, key: str) -> None:
         check_key(key)
         with self._transaction("cannot delete a value") as conn:

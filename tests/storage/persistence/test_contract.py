@@ -376,6 +376,19 @@ def test_key_value(store: MetadataStore) -> None:
     assert store.get_value("ключ ✓") == "значение ✓\n"
 
 
+def test_get_values_returns_every_pair(store: MetadataStore) -> None:
+    assert store.get_values() == {}
+    store.set_value("a", "1")
+    store.set_value("b/c", "")
+    store.set_value("ключ", "значение")
+    store.set_value("a", "2")
+    store.delete_value("b/c")
+    got = store.get_values()
+    assert got == {"a": "2", "ключ": "значение"}
+    got["a"] = "changed"
+    assert store.get_value("a") == "2"
+
+
 def test_key_value_is_separate_from_records(store: MetadataStore) -> None:
     store.set_value("v1", "x")
     assert store.get_volumes() == []
