@@ -73,6 +73,14 @@ _MIGRATIONS: dict[int, list[str]] = {
         *_table_ddl(CONNECTION),
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    # Paged listing filtered by backend or volume walks (filter, id) in id order:
+    # O(page), where the single-column indexes would sort every match per page.
+    2: [
+        f"CREATE INDEX {_TABLES[kind]}_{col}_id ON {_TABLES[kind]} ({col}, id)"
+        for kind in _TABLES
+        for col in _COLUMNS[kind]
+        if col in ("backend", "volume_id")
+    ],
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
