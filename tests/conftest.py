@@ -9,3 +9,6 @@ from pathlib import Path
 TESTS_DIR = str(Path(__file__).resolve().parent)
 if TESTS_DIR not in sys.path:
     sys.path.append(TESTS_DIR)
+
+# Fixtures any test can use: etcd_server, kube_apiserver (real servers, e2e/cluster).
+pytest_plugins = ["csi_support.cluster"]

@@ -3,7 +3,8 @@
 Four runs: one process serving all services and, separately, a controller process
 and a node process (the node in attach-only mode: no store, no backend options, so
 it works from publish_context alone, signed by the controller), each with mount and
-with raw block volumes.
+with raw block volumes; then the controller apart on each store with a server (etcd,
+Kubernetes custom resources), the real server started by the test harness.
 Node specs attach with loop devices and mount, so these need root.
 """
 
@@ -41,14 +42,28 @@ def test_all_in_one_process(tmp_path: Path, access_type: str) -> None:
 
 @pytest.mark.parametrize("access_type", ["mount", "block"])
 def test_controller_and_node_in_separate_processes(tmp_path: Path, access_type: str) -> None:
+    _controller_and_node_apart(tmp_path, access_type)
+
+
+def test_controller_on_the_etcd_store(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("etcd_server")
+    persistence = {"storage": "etcd", "endpoints": [server.endpoint],
+                   "prefix": f"/csi-sanity/{tmp_path.name}/"}  # fmt: skip
+    _controller_and_node_apart(tmp_path, "mount", persistence)
+
+
+def _controller_and_node_apart(
+    tmp_path: Path, access_type: str, persistence: dict | None = None
+) -> None:
     # Both read one signing key, as a Secret mounted into both pods: the node stages
     # only what this controller published.
     key = tmp_path / "publish.key"
     key.write_text(secrets.token_urlsafe(32) + "\n")
     key.chmod(0o600)
     controller_config = plugin.write_config(
-        tmp_path, node={"max_volumes": 8}, signing_key_file=str(key)
-    )
+        tmp_path, node={"max_volumes": 8}, signing_key_file=str(key),
+        **({"storage": {"persistence_config": persistence}} if persistence else {}),
+    )  # fmt: skip
     node_dir = tmp_path / "node-process"
     node_dir.mkdir()
     # The node's file has no store and no backends: all it knows comes in publish_context.

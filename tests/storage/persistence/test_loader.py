@@ -39,7 +39,7 @@ def test_load_sqlite_by_name_with_options(tmp_path: Path) -> None:
 
 
 def test_table_maps_each_name_to_the_store_of_that_name() -> None:
-    assert set(STORES) == {"memory", "sqlite"}
+    assert set(STORES) == {"memory", "sqlite", "etcd", "kubernetes"}
     for name, dotted in STORES.items():
         module, _, attr = dotted.rpartition(".")
         assert getattr(importlib.import_module(module), attr).name == name
