@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: lvm2 gives `vgs`, which Cinder's LVM driver runs.
 APT_PACKAGES := lvm2
 
-.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing clean
+.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing bench-stores clean
 
 install: system-deps $(STAMP) proto
 
@@ -60,6 +60,12 @@ bench-listing: install
 	$(BIN)/python benchmarks/list_volumes.py | tee bench-results/list_volumes.json
 
 bench: bench-serialization bench-listing
+
+# Every metadata store side by side (real etcd and kube-apiserver on loopback): create,
+# get and list-page p50/p99 and full-listing time at 1 000 and 10 000 volumes.
+bench-stores: install etcd-deps kube-binaries
+	@mkdir -p bench-results
+	$(BIN)/python benchmarks/stores.py | tee bench-results/stores.json
 
 clean:
 	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache csi_driver/csi_pb build

@@ -52,6 +52,16 @@ def test_controller_on_the_etcd_store(tmp_path: Path, request: pytest.FixtureReq
     _controller_and_node_apart(tmp_path, "mount", persistence)
 
 
+def test_controller_on_the_kubernetes_store(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from csi_support.kube_store import ensure_crds, new_namespace
+
+    plane = request.getfixturevalue("kube_apiserver")
+    ensure_crds(plane)
+    persistence = {"storage": "kubernetes", "namespace": new_namespace(plane, "csi-sanity"),
+                   "kubeconfig": plane.kubeconfig}  # fmt: skip
+    _controller_and_node_apart(tmp_path, "mount", persistence)
+
+
 def _controller_and_node_apart(
     tmp_path: Path, access_type: str, persistence: dict | None = None
 ) -> None:

@@ -26,6 +26,8 @@ ENTRY_POINT_GROUP = "csi_driver.storage.persistence"
 STORES: dict[str, str] = {
     "memory": "csi_driver.storage.persistence.memory.MemoryStore",
     "sqlite": "csi_driver.storage.persistence.sqlite.SQLiteStore",
+    "kubernetes": "csi_driver.storage.persistence.kubernetes.KubernetesStore",
+    "etcd": "csi_driver.storage.persistence.etcd.EtcdStore",
 }
 
 
