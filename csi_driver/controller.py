@@ -261,6 +261,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         CreateVolume retry then makes a new one)."""
         if recovery.is_interrupted(volume):
             return recovery.heal_volume(volume)
+        recovery.check_not_in_progress(volume)
         if replace_failed and volume.status in FAILED:
             LOG.warning("volume %s (%s) was left %s by an earlier attempt; replacing it",
                         volume.id, volume.name, volume.status)  # fmt: skip
@@ -272,10 +273,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         """Heal the volume's snapshots and connections that an interrupted operation
         left (a snapshot stuck 'creating' would otherwise block DeleteVolume forever)."""
         for snapshot in storage.find_snapshots(volume_id=volume.id):
+            recovery.check_not_in_progress(snapshot)
             if recovery.is_interrupted(snapshot):
                 with self.inflight.hold([f"snapshot:{snapshot.id}"]):
                     recovery.heal_snapshot(snapshot)
         for connection in list(volume.connections):
+            recovery.check_not_in_progress(connection)
             if recovery.is_interrupted(connection):
                 recovery.heal_connection(connection)
 
@@ -296,6 +299,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             )
         mode = "ro" if request.readonly or access.read_only else "rw"
         for connection in list(volume.connections):
+            recovery.check_not_in_progress(connection)
             here = connection.connector.get(NODE_ID_PROPERTY) == request.node_id
             if connection.status == "disconnecting" or (
                 connection.status == "connecting" and here and connection.attach_mode != mode
@@ -388,6 +392,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 f"volume {volume.id} is still staged on this node at {staging}; "
                 "NodeUnstageVolume it first"
             )
+        for connection in targets:
+            recovery.check_not_in_progress(connection)
         for connection in targets:
             connection.disconnect()
         return csi_pb2.ControllerUnpublishVolumeResponse()
@@ -545,6 +551,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         """The answer for a snapshot name already taken, or None when it is free (an
         interrupted or failed earlier attempt is undone first)."""
         for existing in storage.find_snapshots(name=request.name):
+            recovery.check_not_in_progress(existing)
             if recovery.is_interrupted(existing):  # undo or finish it, then judge the name
                 keys = [f"snapshot:{existing.id}", f"volume:{existing.volume_id}"]
                 with self.inflight.hold(keys):
@@ -570,6 +577,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.DeleteSnapshotResponse:
         req.require(request.snapshot_id, "snapshot_id")
         snapshot = _optional(storage.get_snapshot, request.snapshot_id)
+        if snapshot is not None:
+            recovery.check_not_in_progress(snapshot)
         if snapshot is not None and recovery.is_interrupted(snapshot):
             snapshot = recovery.heal_snapshot(snapshot)  # 'deleting': this finishes it
         if snapshot is not None:

@@ -84,6 +84,8 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     storage_errors.BadPageToken: grpc.StatusCode.ABORTED,
     # Only reaches a caller when the name's holder is on a backend this process lacks.
     storage_errors.NameInUse: grpc.StatusCode.ALREADY_EXISTS,
+    # Another controller replica is running an operation on it: the CO retries.
+    storage_errors.OperationInProgress: grpc.StatusCode.ABORTED,
     storage_errors.DriverError: grpc.StatusCode.INTERNAL,
     storage_errors.AttachError: grpc.StatusCode.INTERNAL,
     # Node host operations: refusing to format, a mount that would hide or cut off others and

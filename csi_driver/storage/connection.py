@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from csi_driver.storage import connector, crash_points, secrets, validation
 from csi_driver.storage.exceptions import AttachError, InvalidArgument, InvalidState, NotFound
 from csi_driver.storage.persistence.base import compact
-from csi_driver.storage.resource import Field, Resource, new_id, utcnow
+from csi_driver.storage.resource import Field, Resource, new_id, operation_record, utcnow
 
 if TYPE_CHECKING:
     from csi_driver.storage.backend import Backend
@@ -125,7 +125,7 @@ class Connection(Resource):
                 "backend": volume.backend_name,
                 "volume_id": volume.id,
                 "status": "connecting",
-                "operation": {"name": "connect", "started_at": now},
+                "operation": operation_record("connect", now),
                 "attach_mode": attach_mode,
                 "attached_host": host,
                 "connector": props,

@@ -71,6 +71,11 @@ class StoreUnavailable(StoreError):
     """
 
 
+class OperationInProgress(StorageError):
+    """Another live process (a controller replica) is running an operation on this
+    resource right now: retry once it has finished."""
+
+
 class NameInUse(StorageError):
     """A record of that kind already holds the name a unique create asked for.
 

@@ -25,7 +25,9 @@ disconnect         connection ``disconnecting`` finish
 
 Drivers' deletes succeed on what is already gone (Cinder's driver contract), which is
 what makes "run it again" safe. Callers must make sure no other thread of this process
-is working on the resource (the CSI controller holds its in-flight locks).
+is working on the resource (the CSI controller holds its in-flight locks); an operation
+another live process runs (a replica sharing the store) is not interrupted but in
+progress (storage/ownership.py decides), and is left alone.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from csi_driver.storage import runtime
+from csi_driver.storage import ownership, runtime
 from csi_driver.storage.backend import Backend
 from csi_driver.storage.connection import Connection
+from csi_driver.storage.exceptions import OperationInProgress
 from csi_driver.storage.resource import TRANSITIONAL, Resource
 from csi_driver.storage.snapshot import Snapshot
 from csi_driver.storage.volume import Volume
@@ -43,9 +46,25 @@ from csi_driver.storage.volume import Volume
 LOG = logging.getLogger(__name__)
 
 
+def _abandoned(operation: Any) -> bool:
+    return ownership.is_abandoned(operation, runtime.settings().stale_operation_seconds)
+
+
 def is_interrupted(resource: Resource) -> bool:
-    """Whether the record says an operation was in flight when it was stored."""
-    return resource.status in TRANSITIONAL
+    """Whether the record says an operation was in flight when it was stored, and no
+    live process is running it any more."""
+    return resource.status in TRANSITIONAL and _abandoned(resource.operation)
+
+
+def check_not_in_progress(resource: Resource) -> None:
+    """Refuse (OperationInProgress: retry later) a resource whose operation another
+    live process is running right now."""
+    if resource.status in TRANSITIONAL and not _abandoned(resource.operation):
+        owner = (resource.operation or {}).get("owner") or {}
+        raise OperationInProgress(
+            f"{resource.KIND} {resource.id} is {resource.status} by another process "
+            f"(host {owner.get('host')!r}, pid {owner.get('pid')}); retry when it is done"
+        )
 
 
 def heal_volume(volume: Volume) -> Volume | None:
@@ -119,7 +138,7 @@ def interrupted() -> list[Resource]:
         (Volume, store.get_volumes()),
     ):
         for record in records:
-            if record.get("status") not in TRANSITIONAL:
+            if record.get("status") not in TRANSITIONAL or not _abandoned(record.get("operation")):
                 continue
             backend = Backend.backends.get(record["backend"])
             if backend is None:

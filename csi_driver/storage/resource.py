@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
-from csi_driver.storage import crash_points, secrets, serialization
+from csi_driver.storage import crash_points, ownership, secrets, serialization
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState
 from csi_driver.storage.persistence.base import apply_changes
 
@@ -37,6 +37,12 @@ def utcnow() -> str:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def operation_record(name: str, started_at: str, **details: Any) -> dict[str, Any]:
+    """What a record says of the operation in flight: its name, start, details, and the
+    process running it (so other replicas sharing the store leave a live one alone)."""
+    return {"name": name, "started_at": started_at, "owner": ownership.this_process(), **details}
 
 
 class Field(Generic[T]):
@@ -128,8 +134,7 @@ class Resource(serialization.Serializable):
         A process killed before ``_end`` leaves exactly this record behind, and
         ``recovery.heal`` reads ``operation`` to finish or undo it.
         """
-        self._update(status=status,
-                     operation={"name": operation, "started_at": utcnow(), **details})  # fmt: skip
+        self._update(status=status, operation=operation_record(operation, utcnow(), **details))
         self._save()
 
     def _end(self, status: str, **changes: Any) -> None:

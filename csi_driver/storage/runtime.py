@@ -56,6 +56,10 @@ class Settings:
     #: naming a backend that is not configured here loads against an attach-only
     #: stand-in with no driver and no credentials, instead of being refused.
     attach_only: bool = False
+    #: Seconds after which an operation another machine's process left in a record
+    #: (``creating``, ``deleting``...) counts as abandoned and is healed; the same
+    #: machine's are judged by whether their process still runs (storage/ownership.py).
+    stale_operation_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         if self.privsep not in ("auto", "in-process", "helper"):

@@ -9,7 +9,7 @@ from csi_driver.storage import crash_points, validation
 from csi_driver.storage.exceptions import InvalidArgument, NotFound
 from csi_driver.storage.persistence.base import SNAPSHOT as SNAPSHOT_KIND
 from csi_driver.storage.persistence.base import compact
-from csi_driver.storage.resource import Field, Resource, new_id, utcnow
+from csi_driver.storage.resource import Field, Resource, new_id, operation_record, utcnow
 
 if TYPE_CHECKING:
     from csi_driver.storage.backend import Backend
@@ -89,7 +89,7 @@ class Snapshot(Resource):
             }
         )
         snapshot = cls(volume.backend, record, volume=volume)
-        record["operation"] = {"name": "create_snapshot", "started_at": now}
+        record["operation"] = operation_record("create_snapshot", now)
         if unique:
             store.create_unique(SNAPSHOT_KIND, record)
         else:

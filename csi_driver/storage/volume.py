@@ -9,7 +9,7 @@ from csi_driver.storage import connector, crash_points, validation
 from csi_driver.storage.exceptions import InvalidArgument, InvalidState, NotFound
 from csi_driver.storage.persistence.base import VOLUME as VOLUME_KIND
 from csi_driver.storage.persistence.base import compact
-from csi_driver.storage.resource import Field, Resource, new_id, utcnow
+from csi_driver.storage.resource import Field, Resource, new_id, operation_record, utcnow
 
 if TYPE_CHECKING:
     from csi_driver.storage.backend import Backend
@@ -151,7 +151,7 @@ class Volume(Resource):
         """
         volume = cls(backend, record, snapshots=[], connections=[])
         store = backend._store()
-        record["operation"] = {"name": driver_call, "started_at": record["created_at"]}
+        record["operation"] = operation_record(driver_call, record["created_at"])
         if unique_name:
             store.create_unique(VOLUME_KIND, record)
         else:

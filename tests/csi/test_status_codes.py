@@ -33,6 +33,7 @@ EXPECTED = [
     (storage_errors.StoreUnavailable("etcd down"), Code.UNAVAILABLE),
     (storage_errors.BadPageToken("not ours"), Code.ABORTED),
     (storage_errors.NameInUse("volume", "pvc-1", "v1"), Code.ALREADY_EXISTS),
+    (storage_errors.OperationInProgress("creating elsewhere"), Code.ABORTED),
     (storage_errors.DriverError("b", "create_volume", "x"), Code.INTERNAL),
     (storage_errors.AttachError("x"), Code.INTERNAL),
     (host_fs.NotBlank("x"), Code.FAILED_PRECONDITION),
