@@ -101,7 +101,6 @@ class MetadataStore(abc.ABC):
     name: ClassVar[str]
 
     # -- reads ---------------------------------------------------------------
-    @abc.abstractmethod
     def get_volumes(
         self,
         *,
@@ -110,8 +109,8 @@ class MetadataStore(abc.ABC):
         name: str | None = None,
     ) -> list[Record]:
         """Volume records matching every filter given."""
+        return self._select(VOLUME, volume_id, {"backend": backend, "name": name})
 
-    @abc.abstractmethod
     def get_snapshots(
         self,
         *,
@@ -121,8 +120,9 @@ class MetadataStore(abc.ABC):
         name: str | None = None,
     ) -> list[Record]:
         """Snapshot records matching every filter given."""
+        filters = {"backend": backend, "volume_id": volume_id, "name": name}
+        return self._select(SNAPSHOT, snapshot_id, filters)
 
-    @abc.abstractmethod
     def get_connections(
         self,
         *,
@@ -131,8 +131,15 @@ class MetadataStore(abc.ABC):
         volume_id: str | None = None,
     ) -> list[Record]:
         """Connection records matching every filter given."""
+        return self._select(CONNECTION, connection_id, {"backend": backend, "volume_id": volume_id})
 
     @abc.abstractmethod
+    def _select(
+        self, kind: str, record_id: str | None, filters: dict[str, str | None]
+    ) -> list[Record]:
+        """Records of ``kind`` with that id (None: any) matching the filters (a None
+        value is not applied), in first-stored order; non-str filters refused."""
+
     def list_page(
         self,
         kind: str,
@@ -143,6 +150,14 @@ class MetadataStore(abc.ABC):
         volume_id: str | None = None,
     ) -> Page:
         """Up to ``limit`` records of ``kind`` in id order, after ``token``'s position."""
+        filters = {"backend": backend, "volume_id": volume_id}
+        check_page_request(kind, limit, token, filters)
+        wanted = {key: value for key, value in filters.items() if value is not None}
+        return self._list_page(kind, limit, token, wanted)
+
+    @abc.abstractmethod
+    def _list_page(self, kind: str, limit: int, token: str, filters: dict[str, str]) -> Page:
+        """``list_page`` once the request is checked; ``filters`` holds the given ones."""
 
     def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
         """The connections of every volume named, in one call.

@@ -25,7 +25,6 @@ from csi_driver.storage.persistence.base import (
     check_filters,
     check_key,
     check_kind,
-    check_page_request,
     check_unique_create,
     check_value,
     decode_records,
@@ -156,46 +155,7 @@ class MemoryStore(MetadataStore):
             texts = self._tables[kind].select(record_id, filters)
         return decode_records(texts)
 
-    def get_volumes(
-        self,
-        *,
-        volume_id: str | None = None,
-        backend: str | None = None,
-        name: str | None = None,
-    ) -> list[Record]:
-        return self._select(VOLUME, volume_id, {"backend": backend, "name": name})
-
-    def get_snapshots(
-        self,
-        *,
-        snapshot_id: str | None = None,
-        backend: str | None = None,
-        volume_id: str | None = None,
-        name: str | None = None,
-    ) -> list[Record]:
-        filters = {"backend": backend, "volume_id": volume_id, "name": name}
-        return self._select(SNAPSHOT, snapshot_id, filters)
-
-    def get_connections(
-        self,
-        *,
-        connection_id: str | None = None,
-        backend: str | None = None,
-        volume_id: str | None = None,
-    ) -> list[Record]:
-        return self._select(CONNECTION, connection_id, {"backend": backend, "volume_id": volume_id})
-
-    def list_page(
-        self,
-        kind: str,
-        *,
-        limit: int,
-        token: str = "",
-        backend: str | None = None,
-        volume_id: str | None = None,
-    ) -> Page:
-        filters = {"backend": backend, "volume_id": volume_id}
-        check_page_request(kind, limit, token, filters)
+    def _list_page(self, kind: str, limit: int, token: str, filters: dict[str, str]) -> Page:
         after = read_token(kind, token) if token else ""
         wanted = {col: value for col, value in filters.items() if value is not None}
         with self._lock:

@@ -30,7 +30,6 @@ from csi_driver.storage.persistence.base import (
     check_filters,
     check_key,
     check_kind,
-    check_page_request,
     check_unique_create,
     check_value,
     decode_records,
@@ -296,7 +295,10 @@ class SQLiteStore(MetadataStore):
                 )
 
     # -- reads ---------------------------------------------------------------
-    def _select(self, kind: str, filters: dict[str, str | None]) -> list[Record]:
+    def _select(
+        self, kind: str, record_id: str | None, filters: dict[str, str | None]
+    ) -> list[Record]:
+        filters = {"id": record_id, **filters}
         check_filters(**filters)
         given = [(col, value) for col, value in filters.items() if value is not None]
         where = " AND ".join(f"{col} = ?" for col, _ in given) or "1"
@@ -313,47 +315,7 @@ class SQLiteStore(MetadataStore):
                 f"metadata store {self.path}: a {kind} record is not valid JSON: {exc}"
             ) from exc
 
-    def get_volumes(
-        self,
-        *,
-        volume_id: str | None = None,
-        backend: str | None = None,
-        name: str | None = None,
-    ) -> list[Record]:
-        return self._select(VOLUME, {"id": volume_id, "backend": backend, "name": name})
-
-    def get_snapshots(
-        self,
-        *,
-        snapshot_id: str | None = None,
-        backend: str | None = None,
-        volume_id: str | None = None,
-        name: str | None = None,
-    ) -> list[Record]:
-        filters = {"id": snapshot_id, "backend": backend, "volume_id": volume_id, "name": name}
-        return self._select(SNAPSHOT, filters)
-
-    def get_connections(
-        self,
-        *,
-        connection_id: str | None = None,
-        backend: str | None = None,
-        volume_id: str | None = None,
-    ) -> list[Record]:
-        filters = {"id": connection_id, "backend": backend, "volume_id": volume_id}
-        return self._select(CONNECTION, filters)
-
-    def list_page(
-        self,
-        kind: str,
-        *,
-        limit: int,
-        token: str = "",
-        backend: str | None = None,
-        volume_id: str | None = None,
-    ) -> Page:
-        filters = {"backend": backend, "volume_id": volume_id}
-        check_page_request(kind, limit, token, filters)
+    def _list_page(self, kind: str, limit: int, token: str, filters: dict[str, str]) -> Page:
         given: list[tuple[str, str]] = [(c, v) for c, v in filters.items() if v is not None]
         if token:
             given.insert(0, ("id", read_token(kind, token)))

@@ -28,11 +28,11 @@ from csi_driver.storage.persistence.base import VOLUME
 from csi_driver.storage.persistence.kubernetes import (
     GROUP,
     KubernetesStore,
-    _InDoubt,
-    _Maybe,
     label_value,
     object_name,
 )
+from csi_driver.storage.persistence.kubernetes.api import _Maybe
+from csi_driver.storage.persistence.kubernetes.undo import _InDoubt
 
 REPO = Path(__file__).resolve().parents[3]
 
