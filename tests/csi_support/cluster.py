@@ -22,30 +22,20 @@ a skipped proof proves nothing. ``make test`` builds them first.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from csi_support.harnesses import load_by_path, report_timings
 
 HARNESS = Path(__file__).resolve().parents[2] / "e2e" / "cluster" / "cluster.py"
 #: Seconds per event, printed at the end of the run.
 TIMINGS: dict[str, list[float]] = {}
 
 
-def _load_harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("csi_test_k8s_cluster", HARNESS)
-    assert spec is not None and spec.loader is not None, HARNESS
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+harness = load_by_path("csi_test_k8s_cluster", HARNESS)
 
 
 def record_timing(label: str, seconds: float) -> None:
@@ -53,13 +43,7 @@ def record_timing(label: str, seconds: float) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not TIMINGS:
-        return
-    terminalreporter.section("etcd / kube-apiserver timings (seconds: min / max over n)")
-    for label, values in TIMINGS.items():
-        terminalreporter.line(
-            f"{label:<40} {min(values):7.3f} / {max(values):7.3f}  n={len(values)}"
-        )
+    report_timings(terminalreporter, "etcd / kube-apiserver timings", TIMINGS)
 
 
 def _require_etcd() -> None:

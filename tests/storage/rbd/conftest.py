@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from csi_support.harnesses import report_timings
 
 from csi_driver import storage
 
@@ -38,13 +39,7 @@ from rbd_support import (  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not TIMINGS:
-        return
-    terminalreporter.section("RBD timings (seconds: min / max over n runs)")
-    for label, values in TIMINGS.items():
-        terminalreporter.line(
-            f"{label:<40} {min(values):7.3f} / {max(values):7.3f}  n={len(values)}"
-        )
+    report_timings(terminalreporter, "RBD timings", TIMINGS)
 
 
 @pytest.fixture(scope="session")

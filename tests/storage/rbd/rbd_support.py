@@ -10,14 +10,13 @@ tests fail naming that target instead of skipping, because a skipped proof prove
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from csi_support.harnesses import load_by_path
 
 from csi_driver.storage import runtime
 
@@ -38,16 +37,7 @@ USERS = {"cinder": (POOL,), "user-a": (POOL_A,), "user-b": (POOL_B,)}
 TIMINGS: dict[str, list[float]] = {}
 
 
-def _load_harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ceph_test_cluster", HARNESS)
-    assert spec is not None and spec.loader is not None, HARNESS
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+harness = load_by_path("ceph_test_cluster", HARNESS)
 
 
 def record_timing(label: str, seconds: float) -> None:
