@@ -152,20 +152,25 @@ class MetadataStore(abc.ABC):
         """Up to ``limit`` records of ``kind`` in id order, after ``token``'s position."""
         filters = {"backend": backend, "volume_id": volume_id}
         check_page_request(kind, limit, token, filters)
-        wanted = {key: value for key, value in filters.items() if value is not None}
-        return self._list_page(kind, limit, token, wanted)
+        given = {key: value for key, value in filters.items() if value is not None}
+        return self._list_page(kind, limit, token, given)
 
     @abc.abstractmethod
     def _list_page(self, kind: str, limit: int, token: str, filters: dict[str, str]) -> Page:
         """``list_page`` once the request is checked; ``filters`` holds the given ones."""
 
     def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
-        """The connections of every volume named, in one call.
+        """The connections of every volume named, in one call."""
+        wanted = list(dict.fromkeys(volume_ids))
+        for volume_id in wanted:
+            check_filters(volume_id=volume_id)
+        return self._read_connections(wanted) if wanted else []
 
-        Stores override this with one query; this fallback asks once per volume.
-        """
+    def _read_connections(self, volume_ids: list[str]) -> list[Record]:
+        """``connections_of`` for checked, distinct, non-empty ids. Stores override this
+        with one query; this fallback asks once per volume."""
         out: list[Record] = []
-        for volume_id in dict.fromkeys(volume_ids):
+        for volume_id in volume_ids:
             out.extend(self.get_connections(volume_id=volume_id))
         return out
 

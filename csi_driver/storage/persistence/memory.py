@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import operator
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from csi_driver.storage.exceptions import InvalidArgument, NameInUse
@@ -157,23 +157,18 @@ class MemoryStore(MetadataStore):
 
     def _list_page(self, kind: str, limit: int, token: str, filters: dict[str, str]) -> Page:
         after = read_token(kind, token) if token else ""
-        wanted = {col: value for col, value in filters.items() if value is not None}
         with self._lock:
             table = self._tables[kind]
-            found, more = table.page(after, limit, wanted)
+            found, more = table.page(after, limit, filters)
             texts = [table.rows[i].text for i in found]
         next_token = issue_token(kind, found[-1]) if more and found else ""
         return Page(decode_records(texts), next_token)
 
-    def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
-        for volume_id in volume_ids:
-            check_filters(volume_id=volume_id)
+    def _read_connections(self, volume_ids: list[str]) -> list[Record]:
         with self._lock:
             table = self._tables[CONNECTION]
             index = table.indexes["volume_id"]
-            texts = [
-                table.rows[i].text for v in dict.fromkeys(volume_ids) for i in index.get(v, {})
-            ]
+            texts = [table.rows[i].text for v in volume_ids for i in index.get(v, {})]
         return decode_records(texts)
 
     def create_unique(self, kind: str, record: Record) -> None:

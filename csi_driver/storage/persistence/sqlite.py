@@ -15,7 +15,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -303,55 +303,46 @@ class SQLiteStore(MetadataStore):
         given = [(col, value) for col, value in filters.items() if value is not None]
         where = " AND ".join(f"{col} = ?" for col, _ in given) or "1"
         sql = f"SELECT data FROM {_TABLES[kind]} WHERE {where} ORDER BY pos"  # noqa: S608 - constants only
-        try:
+        with self._reading(kind, f"cannot read {kind} records"):
             # Decode while iterating: holding every row's text next to its decoded
             # record would double the memory of a bulk read.
             cursor = self._conn().execute(sql, [value for _, value in given])
             return decode_records(data for (data,) in cursor)
-        except sqlite3.Error as exc:
-            raise self._error(exc, f"cannot read {kind} records") from exc
-        except (TypeError, ValueError) as exc:
-            raise StoreError(
-                f"metadata store {self.path}: a {kind} record is not valid JSON: {exc}"
-            ) from exc
 
     def _list_page(self, kind: str, limit: int, token: str, filters: dict[str, str]) -> Page:
-        given: list[tuple[str, str]] = [(c, v) for c, v in filters.items() if v is not None]
+        given = list(filters.items())
         if token:
             given.insert(0, ("id", read_token(kind, token)))
         where = " AND ".join(f"{col} {'>' if col == 'id' else '='} ?" for col, _ in given) or "1"
         sql = f"SELECT id, data FROM {_TABLES[kind]} WHERE {where} ORDER BY id LIMIT ?"  # noqa: S608
-        try:
+        with self._reading(kind, f"cannot list {kind} records"):
             rows = self._conn().execute(sql, [v for _, v in given] + [limit + 1]).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
             records = decode_records(data for _, data in rows)
-        except sqlite3.Error as exc:
-            raise self._error(exc, f"cannot list {kind} records") from exc
-        except (TypeError, ValueError) as exc:
-            raise StoreError(
-                f"metadata store {self.path}: a {kind} record is not valid JSON: {exc}"
-            ) from exc
         return Page(records, issue_token(kind, rows[-1][0]) if more and rows else "")
 
-    def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
-        wanted = list(dict.fromkeys(volume_ids))
-        for volume_id in wanted:
-            check_filters(volume_id=volume_id)
+    def _read_connections(self, volume_ids: list[str]) -> list[Record]:
         texts: list[str] = []
-        try:
+        with self._reading(CONNECTION, "cannot read connection records"):
             conn = self._conn()
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
+            for start in range(0, len(volume_ids), _IN_CHUNK):
+                chunk = volume_ids[start : start + _IN_CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 sql = f"SELECT data FROM connections WHERE volume_id IN ({marks}) ORDER BY pos"  # noqa: S608
                 texts.extend(data for (data,) in conn.execute(sql, chunk))
             return decode_records(texts)
+
+    @contextmanager
+    def _reading(self, kind: str, doing: str) -> Iterator[None]:
+        """A read: SQLite's errors and records that are not JSON become StoreError."""
+        try:
+            yield
         except sqlite3.Error as exc:
-            raise self._error(exc, "cannot read connection records") from exc
+            raise self._error(exc, doing) from exc
         except (TypeError, ValueError) as exc:
             raise StoreError(
-                f"metadata store {self.path}: a connection record is not valid JSON: {exc}"
+                f"metadata store {self.path}: a {kind} record is not valid JSON: {exc}"
             ) from exc
 
     # -- writes --------------------------------------------------------------

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from etcd3 import etcdrpc as rpc
 
@@ -69,6 +69,7 @@ _SCAN_INSTEAD = 2000
 #: Record states remembered for the compare of the next write.
 _CACHE_SIZE = 4096
 _READ_RETRIES = 5  # a read pinned to a revision that got compacted starts again
+T = TypeVar("T")
 
 
 class EtcdStore(MetadataStore):
@@ -249,21 +250,22 @@ class EtcdStore(MetadataStore):
                 self._cache[key] = state
 
     # -- reads -----------------------------------------------------------------------------
+    def _consistent_read(self, doing: str, read: Callable[[], T]) -> T:
+        """``read()``, started again when the revision it pinned got compacted meanwhile."""
+        for _ in range(_READ_RETRIES):
+            try:
+                return read()
+            except Compacted:
+                continue
+        raise StoreError(f"{self._where}: cannot {doing}: etcd kept compacting")
+
     def _select(
         self, kind: str, record_id: str | None, filters: dict[str, str | None]
     ) -> list[Record]:
         check_filters(id=record_id, **filters)
         wanted = {field: value for field, value in filters.items() if value is not None}
         doing = f"read {kind} records"
-        for attempt in range(_READ_RETRIES):
-            try:
-                kvs = self._select_kvs(kind, record_id, wanted, doing)
-                break
-            except Compacted:
-                if attempt == _READ_RETRIES - 1:
-                    raise StoreError(
-                        f"{self._where}: cannot {doing}: etcd kept compacting"
-                    ) from None
+        kvs = self._consistent_read(doing, lambda: self._select_kvs(kind, record_id, wanted, doing))
         rows = self._decode(kind, kvs)
         if record_id is not None:  # likely to be written next: remember what the compare needs
             for kv, ((_, pos, _), record) in zip(kvs, rows, strict=True):
@@ -295,17 +297,10 @@ class EtcdStore(MetadataStore):
 
     def _list_page(self, kind: str, limit: int, token: str, filters: dict[str, str]) -> Page:
         after = read_token(kind, token) if token else None
-        wanted = {field: value for field, value in filters.items() if value is not None}
         doing = f"list {kind} records"
-        for attempt in range(_READ_RETRIES):
-            try:
-                records, more = self._page(kind, limit, after, wanted, doing)
-                break
-            except Compacted:
-                if attempt == _READ_RETRIES - 1:
-                    raise StoreError(
-                        f"{self._where}: cannot {doing}: etcd kept compacting"
-                    ) from None
+        records, more = self._consistent_read(
+            doing, lambda: self._page(kind, limit, after, filters, doing)
+        )
         next_token = issue_token(kind, records[-1]["id"]) if more and records else ""
         return Page(records, next_token)
 
@@ -342,23 +337,9 @@ class EtcdStore(MetadataStore):
                 return found, False
             start = key_after(resp.kvs[-1].key)
 
-    def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
-        wanted = list(dict.fromkeys(volume_ids))
-        for volume_id in wanted:
-            check_filters(volume_id=volume_id)
-        if not wanted:
-            return []
+    def _read_connections(self, wanted: list[str]) -> list[Record]:
         doing = "read connection records"
-        for attempt in range(_READ_RETRIES):
-            try:
-                rows = self._connections_of(wanted, doing)
-                break
-            except Compacted:
-                if attempt == _READ_RETRIES - 1:
-                    raise StoreError(
-                        f"{self._where}: cannot {doing}: etcd kept compacting"
-                    ) from None
-        return rows
+        return self._consistent_read(doing, lambda: self._connections_of(wanted, doing))
 
     def _connections_of(self, wanted: list[str], doing: str) -> list[Record]:
         keys = self._keys
@@ -469,15 +450,7 @@ class EtcdStore(MetadataStore):
     ) -> tuple[dict[bytes, Stored | None], int]:
         """The stored state of each change's record, all at one revision."""
         kinds = {change.key: change.kind for change in changes}
-        for attempt in range(_READ_RETRIES):
-            try:
-                kvs, revision = self._get_many(list(kinds), 0, doing)
-                break
-            except Compacted:
-                if attempt == _READ_RETRIES - 1:
-                    raise StoreError(
-                        f"{self._where}: cannot {doing}: etcd kept compacting"
-                    ) from None
+        kvs, revision = self._consistent_read(doing, lambda: self._get_many(list(kinds), 0, doing))
         known: dict[bytes, Stored | None] = dict.fromkeys(kinds)
         for kv in kvs:
             known[kv.key] = self._stored(kinds[kv.key], kv)

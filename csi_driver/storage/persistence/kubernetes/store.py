@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from csi_driver.storage.exceptions import BadPageToken, InvalidArgument, StoreError
@@ -165,12 +165,7 @@ class KubernetesStore(NameClaims, MetadataStore):
         next_token = issue_token(kind, found[-1].name) if cont and found else ""
         return Page(self._decode(kind, found), next_token)
 
-    def connections_of(self, volume_ids: Sequence[str]) -> list[Record]:
-        wanted = list(dict.fromkeys(volume_ids))
-        for volume_id in wanted:
-            check_filters(volume_id=volume_id)
-        if not wanted:
-            return []
+    def _read_connections(self, wanted: list[str]) -> list[Record]:
         self._heal()
         objs: list[_Obj] = []
         for start in range(0, len(wanted), _SELECTOR_CHUNK):
