@@ -259,9 +259,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         """``volume`` at rest: an interrupted operation finished or undone (None when
         that removed it), and with ``replace_failed`` a failed volume deleted (a
         CreateVolume retry then makes a new one)."""
-        if recovery.is_interrupted(volume):
+        if recovery.must_heal(volume):
             return recovery.heal_volume(volume)
-        recovery.check_not_in_progress(volume)
         if replace_failed and volume.status in FAILED:
             LOG.warning("volume %s (%s) was left %s by an earlier attempt; replacing it",
                         volume.id, volume.name, volume.status)  # fmt: skip
@@ -273,13 +272,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         """Heal the volume's snapshots and connections that an interrupted operation
         left (a snapshot stuck 'creating' would otherwise block DeleteVolume forever)."""
         for snapshot in storage.find_snapshots(volume_id=volume.id):
-            recovery.check_not_in_progress(snapshot)
-            if recovery.is_interrupted(snapshot):
+            if recovery.must_heal(snapshot):
                 with self.inflight.hold([f"snapshot:{snapshot.id}"]):
                     recovery.heal_snapshot(snapshot)
         for connection in list(volume.connections):
-            recovery.check_not_in_progress(connection)
-            if recovery.is_interrupted(connection):
+            if recovery.must_heal(connection):
                 recovery.heal_connection(connection)
 
     # -- publishing -----------------------------------------------------------------
@@ -551,8 +548,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         """The answer for a snapshot name already taken, or None when it is free (an
         interrupted or failed earlier attempt is undone first)."""
         for existing in storage.find_snapshots(name=request.name):
-            recovery.check_not_in_progress(existing)
-            if recovery.is_interrupted(existing):  # undo or finish it, then judge the name
+            if recovery.must_heal(existing):  # undo or finish it, then judge the name
                 keys = [f"snapshot:{existing.id}", f"volume:{existing.volume_id}"]
                 with self.inflight.hold(keys):
                     recovery.heal_snapshot(existing)
@@ -577,9 +573,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.DeleteSnapshotResponse:
         req.require(request.snapshot_id, "snapshot_id")
         snapshot = _optional(storage.get_snapshot, request.snapshot_id)
-        if snapshot is not None:
-            recovery.check_not_in_progress(snapshot)
-        if snapshot is not None and recovery.is_interrupted(snapshot):
+        if snapshot is not None and recovery.must_heal(snapshot):
             snapshot = recovery.heal_snapshot(snapshot)  # 'deleting': this finishes it
         if snapshot is not None:
             snapshot.delete()

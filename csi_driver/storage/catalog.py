@@ -7,7 +7,7 @@ backend is not configured in this process is reported by name rather than skippe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from csi_driver.storage import runtime
@@ -47,34 +47,28 @@ def get_snapshot(snapshot_id: str) -> Snapshot:
     return Snapshot(_backend_of(records[0], "snapshot"), records[0])
 
 
+def _on_configured(cls: Callable[[Backend, Record], T], records: Iterable[Record]) -> list[T]:
+    """Objects for the records whose backend is configured in this process."""
+    backends = Backend.backends
+    return [cls(backends[r["backend"]], r) for r in records if r["backend"] in backends]
+
+
 def find_volumes(name: str | None = None) -> list[Volume]:
     """Volumes on configured backends (with that name, when given), sorted by id."""
     records = runtime.store().get_volumes(name=name)
-    return [
-        Volume(Backend.backends[r["backend"]], r)
-        for r in sorted(records, key=lambda r: r["id"])
-        if r["backend"] in Backend.backends
-    ]
+    return _on_configured(Volume, sorted(records, key=lambda r: r["id"]))
 
 
 def find_snapshots(name: str | None = None, volume_id: str | None = None) -> list[Snapshot]:
     """Snapshots on configured backends matching the filters given, sorted by id."""
     records = runtime.store().get_snapshots(name=name, volume_id=volume_id)
-    return [
-        Snapshot(Backend.backends[r["backend"]], r)
-        for r in sorted(records, key=lambda r: r["id"])
-        if r["backend"] in Backend.backends
-    ]
+    return _on_configured(Snapshot, sorted(records, key=lambda r: r["id"]))
 
 
 def find_connections() -> list[Connection]:
     """Every connection on configured backends, with one store read (their volumes
     are loaded lazily, only if asked for)."""
-    return [
-        Connection(Backend.backends[r["backend"]], r)
-        for r in runtime.store().get_connections()
-        if r["backend"] in Backend.backends
-    ]
+    return _on_configured(Connection, runtime.store().get_connections())
 
 
 #: Records read per store page when a listing has no limit of its own.
@@ -100,12 +94,7 @@ def _page_of(
     while True:
         want = FULL_LISTING_PAGE if limit == 0 else limit - len(out)
         page = runtime.store().list_page(kind, limit=want, token=token, **filters)
-        for record in page.records:
-            backend = Backend.backends.get(record["backend"])
-            if backend is not None:
-                item = wrap(backend, record)
-                if keep(item):
-                    out.append(item)
+        out.extend(item for item in _on_configured(wrap, page.records) if keep(item))
         token = page.next_token
         if not token or (limit and len(out) >= limit):
             return out, token
@@ -127,8 +116,4 @@ def snapshots_page(
 
 def connections_of(volume_ids: list[str]) -> list[Connection]:
     """The connections of those volumes, in one store read."""
-    return [
-        Connection(Backend.backends[r["backend"]], r)
-        for r in runtime.store().connections_of(volume_ids)
-        if r["backend"] in Backend.backends
-    ]
+    return _on_configured(Connection, runtime.store().connections_of(volume_ids))

@@ -56,15 +56,24 @@ def is_interrupted(resource: Resource) -> bool:
     return resource.status in TRANSITIONAL and _abandoned(resource.operation)
 
 
+def must_heal(resource: Resource) -> bool:
+    """Whether an interrupted operation must be healed before the resource is used;
+    OperationInProgress (retry later) when another live process is running it."""
+    if resource.status not in TRANSITIONAL:
+        return False
+    if _abandoned(resource.operation):
+        return True
+    owner = (resource.operation or {}).get("owner") or {}
+    raise OperationInProgress(
+        f"{resource.KIND} {resource.id} is {resource.status} by another process "
+        f"(host {owner.get('host')!r}, pid {owner.get('pid')}); retry when it is done"
+    )
+
+
 def check_not_in_progress(resource: Resource) -> None:
-    """Refuse (OperationInProgress: retry later) a resource whose operation another
-    live process is running right now."""
-    if resource.status in TRANSITIONAL and not _abandoned(resource.operation):
-        owner = (resource.operation or {}).get("owner") or {}
-        raise OperationInProgress(
-            f"{resource.KIND} {resource.id} is {resource.status} by another process "
-            f"(host {owner.get('host')!r}, pid {owner.get('pid')}); retry when it is done"
-        )
+    """Refuse (OperationInProgress) a resource whose operation another live process is
+    running right now; an interrupted one is the caller's to heal."""
+    must_heal(resource)
 
 
 def heal_volume(volume: Volume) -> Volume | None:
