@@ -114,13 +114,13 @@ def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 
 class _Progress:
-    """One self-rewriting line on a terminal; silent otherwise."""
+    """One self-rewriting line on a terminal; silent otherwise (or without a stream)."""
 
-    def __init__(self, stream: TextIO, total: int) -> None:
-        self.stream = stream
-        self.total = total
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream or sys.stderr
+        self.active = stream is not None and stream.isatty()
+        self.total = 0
         self.done = 0
-        self.active = stream.isatty()
         self.started = time.monotonic()
 
     def advance(self, count: int) -> None:
@@ -165,9 +165,9 @@ def copy_store(
             "to copy over it (nothing in the target is deleted)"
         )
     report.replaced = conflicts
-    total = sum(1 for kind in KINDS for _ in source.iterate(kind, READ_PAGE)) if (
-        progress is not None and progress.isatty()) else 0  # fmt: skip
-    bar = _Progress(progress or sys.stderr, total) if progress is not None else None
+    bar = _Progress(progress)
+    if bar.active:  # a bar needs the total: one more pass over the source
+        bar.total = sum(1 for kind in KINDS for _ in source.iterate(kind, READ_PAGE))
     # Volumes first: a reader of a half-done copy never finds a snapshot or
     # connection whose volume is missing.
     for kind in (VOLUME, SNAPSHOT, CONNECTION):
@@ -176,14 +176,12 @@ def copy_store(
             if todo:
                 target.write(**{_BATCH_ARG[kind]: todo})
             report.copied[kind] += len(chunk)
-            if bar is not None:
-                bar.advance(len(chunk))
+            bar.advance(len(chunk))
     for key, value in values.items():
         if target_values.get(key) != value:
             target.set_value(key, value)
         report.values += 1
-    if bar is not None:
-        bar.finish()
+    bar.finish()
     report.seconds = time.monotonic() - started
     return report
 
