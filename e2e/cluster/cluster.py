@@ -66,7 +66,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 KUBE_VERSION = "v1.37.2"
 #: Where ``make kube-binaries`` puts the binaries (the Makefile exports it as KUBE_BIN).
@@ -197,7 +197,28 @@ def wait_for(
 
 
 # -- etcd -----------------------------------------------------------------------------------
-class Etcd:
+class _Server:
+    """``with server:`` starts it and stops it at the end of the block."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Etcd(_Server):
     """A one-member etcd on 127.0.0.1 over plain HTTP, data in ``data_dir``."""
 
     def __init__(
@@ -235,17 +256,6 @@ class Etcd:
     @property
     def running(self) -> bool:
         return self.daemon.running
-
-    def __enter__(self) -> Etcd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Etcd:
         """Start (or restart, same ports and data) and wait until healthy; no-op if running."""
@@ -321,7 +331,7 @@ class Etcd:
 
 
 # -- the control plane ------------------------------------------------------------------------
-class ControlPlane:
+class ControlPlane(_Server):
     """kube-apiserver (and optionally controller manager + scheduler) under ``state_dir``."""
 
     def __init__(
@@ -404,17 +414,6 @@ class ControlPlane:
         return done.stdout
 
     # -- life cycle --------------------------------------------------------------------------
-    def __enter__(self) -> ControlPlane:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> ControlPlane:
         """Start (or restart on the same port and PKI) and wait for /readyz; no-op if running.
 
