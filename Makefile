@@ -71,4 +71,5 @@ clean:
 	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache csi_driver/csi_pb build
 
 # Test infrastructure (Ceph test cluster, VM harness) keeps its targets in mk/*.mk.
--include $(wildcard mk/*.mk)
+include mk/versions.mk
+-include $(filter-out mk/versions.mk,$(wildcard mk/*.mk))

@@ -5,7 +5,6 @@
 # built from the Go module proxy at a pinned release by e2e/cluster/build-kubernetes.sh
 # (a cold build takes 10-20 minutes on 2 cores; when they are present it is a no-op).
 ETCD_APT_PACKAGES := etcd-server etcd-client openssl
-KUBE_VERSION := v1.37.2
 # $(HOME), not $(GO_CACHE): mk/csi.mk is included after this file.
 KUBE_DIR     := $(HOME)/.cache/csi-driver/kubernetes-$(KUBE_VERSION)
 KUBE_BIN     := $(KUBE_DIR)/bin

@@ -7,8 +7,7 @@ SPEC_VERSION := $(shell sed -n 's/^version //p' proto/SOURCE)
 SPEC_SUM     := $(shell sed -n 's/^sum //p' proto/SOURCE)
 PB_DIR       := csi_driver/csi_pb
 PB_FILES     := $(PB_DIR)/csi_pb2.py $(PB_DIR)/csi_pb2_grpc.py
-# csi-sanity: github.com/kubernetes-csi/csi-test/v5 at its latest release (v5.6.0).
-CSI_SANITY_VERSION := v5.6.0
+# csi-sanity: github.com/kubernetes-csi/csi-test/v5 at CSI_SANITY_VERSION (mk/versions.mk).
 CSI_SANITY := $(GO_CACHE)/csi-driver/go-bin/csi-sanity-$(CSI_SANITY_VERSION)
 export CSI_SANITY
 
