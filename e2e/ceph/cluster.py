@@ -2,7 +2,7 @@
 
 Why: Cinder's RBD driver can only be proven against a real cluster. This one runs
 from Debian's packages in userspace: everything (configuration, keys, daemon data,
-logs) lives under one directory, the daemons bind to 127.0.0.1 on ports chosen at
+logs) lives under one directory, the daemons bind to 127.0.0.1 (or the given address) on ports chosen at
 run time, run in the foreground (``-f``) as child processes without systemd, and
 ``stop()`` ends every one of them (SIGTERM, then SIGKILL after a timeout).
 
@@ -68,8 +68,12 @@ class CephCluster:
         stop_timeout: float = 10.0,
         die_with_parent: bool = True,
         memstore_bytes: int = 4 * GIB,
+        address: str = "127.0.0.1",
     ) -> None:
         self.dir = Path(directory).resolve()
+        #: The IPv4 address every daemon binds to: loopback unless clients live elsewhere
+        #: (pods of a test cluster reach the host at its bridge address).
+        self.address = address
         self.timeout = timeout
         self.stop_timeout = stop_timeout
         #: Daemons get SIGKILL when the process that started them dies (tests);
@@ -86,7 +90,7 @@ class CephCluster:
     @property
     def mon_host(self) -> str:
         v2, v1 = self.mon_ports
-        return f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]"
+        return f"[v2:{self.address}:{v2},v1:{self.address}:{v1}]"
 
     @property
     def admin_keyring(self) -> Path:
@@ -146,7 +150,7 @@ class CephCluster:
         # Ports are picked and bound under a machine-wide lock, so two clusters
         # starting at once never pick the same ones.
         with _port_lock():
-            self.mon_ports = _free_ports(2)
+            self.mon_ports = _free_ports(2, self.address)
             self.conf.write_text(_conf_text(self))
             self._start_mon()
         self.ceph("osd", "set-require-min-compat-client", "mimic")
@@ -172,7 +176,7 @@ class CephCluster:
         if not (self.dir / "mon" / "ceph-a" / "keyring").exists():
             raise ClusterError(f"ceph-mon --mkfs made no monitor store\n{self.log_tail()}")
         self._spawn(MON, ["ceph-mon", "-f", "-i", "a"])
-        self._wait("the monitor to listen", lambda: _listening(self.mon_ports[1]))
+        self._wait("the monitor to listen", lambda: _listening(self.mon_ports[1], self.address))
 
     def _start_mgr(self) -> None:
         data = self.dir / "mgr" / "ceph-x"
@@ -372,7 +376,7 @@ def _conf_text(
     settings = {
         "fsid": cluster.fsid,
         "mon host": mon_host or cluster.mon_host,
-        "public addr": "127.0.0.1",
+        "public addr": cluster.address,
         "ms bind ipv6": "false",
         "auth cluster required": "cephx",
         "auth service required": "cephx",
@@ -435,13 +439,13 @@ def _port_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _free_ports(count: int) -> tuple[int, ...]:
+def _free_ports(count: int, address: str = "127.0.0.1") -> tuple[int, ...]:
     """Ports nobody listens on now (held open together, so they differ)."""
     with contextlib.ExitStack() as stack:
         ports = []
         for _ in range(count):
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((address, 0))
             ports.append(sock.getsockname()[1])
         return tuple(ports)
 
@@ -451,10 +455,10 @@ def free_port() -> int:
     return _free_ports(1)[0]
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((address, port)) == 0
 
 
 def _alive(pid: int) -> bool:
