@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,8 @@ _CHUNK = units.Mi
 _ZEROS = bytes(_CHUNK)
 # Staging files are "<dot><final name>.<random><suffix>": hidden, and never a Cinder name.
 _TMP_SUFFIX = ".tmp"
+#: Seconds without a write after which a staging file counts as a crashed copy's.
+_STALE_STAGING_SECONDS = 600
 
 
 def _reflink(src_fd: int, dst_fd: int) -> bool:
@@ -169,11 +172,16 @@ class FileDriver(driver.VolumeDriver):
             raise exception.VolumeDriverException(
                 message=f"FileDriver: file_volumes_dir {path!r} is not a directory"
             )
-        # Single writer (no Active-Active): any staging file left here is from a crash.
+        # A staging file nobody has written to for a while is a crashed copy's. A recent
+        # one may belong to another process sharing the directory (a second controller
+        # replica starting while the first copies): left alone.
+        stale_before = time.time() - _STALE_STAGING_SECONDS
         for entry in os.scandir(path):
-            if entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX):
-                LOG.warning("Removing leftover staging file %s", entry.path)
-                with contextlib.suppress(FileNotFoundError):
+            if not (entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat(follow_symlinks=False).st_mtime < stale_before:
+                    LOG.warning("Removing leftover staging file %s", entry.path)
                     os.unlink(entry.path)
 
     def check_for_setup_error(self) -> None:

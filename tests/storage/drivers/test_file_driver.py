@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -221,10 +222,16 @@ def test_do_setup_creates_missing_directory(cinder: Any, group: str, tmp_path: P
 def test_do_setup_removes_leftover_staging_files(drv: Any, voldir: Path, ctx: Any) -> None:
     stale = voldir / ".volume-x.abc123.tmp"
     stale.write_bytes(b"half a copy")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    # Another replica sharing the directory is copying right now: its file stays.
+    in_flight = voldir / ".volume-y.def456.tmp"
+    in_flight.write_bytes(b"being copied")
     keep = voldir / "volume-keep"
     keep.write_bytes(b"")
     drv.do_setup(ctx)
     assert not stale.exists()
+    assert in_flight.exists()
     assert keep.exists()
 
 
