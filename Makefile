@@ -68,7 +68,7 @@ bench-stores: install etcd-deps kube-binaries
 	$(BIN)/python benchmarks/stores.py | tee bench-results/stores.json
 
 clean:
-	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache csi_driver/csi_pb build
+	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache csi_driver/csi_pb csi_driver/kubelet/registration_pb build
 
 # Test infrastructure (Ceph test cluster, VM harness) keeps its targets in mk/*.mk.
 include mk/versions.mk

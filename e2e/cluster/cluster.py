@@ -1,42 +1,47 @@
-"""A real etcd and a real Kubernetes control plane for tests, as plain processes.
+"""A real etcd, Kubernetes control plane and (optionally) node for tests, as processes.
 
 Why: the plugin's etcd metadata store and its Kubernetes side can only be proven
-against the real servers. Everything runs on 127.0.0.1 without systemd, containers or
-root-only changes: Debian's ``etcd`` (package etcd-server) and the Kubernetes binaries
-``make kube-binaries`` builds (kube-apiserver, kube-controller-manager, kube-scheduler,
-kubectl; ``e2e/cluster/build-kubernetes.sh``).
+against the real servers. Without the node everything runs on 127.0.0.1 without
+systemd, containers or root-only changes: Debian's ``etcd`` (package etcd-server) and
+the Kubernetes binaries ``make kube-binaries`` builds (``build-kubernetes.sh``).
 
 - ``Etcd(data_dir)``: one member, plain HTTP, client and peer ports picked at the first
   ``start()``. ``stop()`` then ``start()`` restarts it on the same data and the same
   ports (clients reconnect to the endpoint they know).
-- ``ControlPlane(state_dir, kube_bin, etcd)``: a PKI made with openssl (CA, apiserver
-  serving certificate for IP:127.0.0.1/DNS:localhost, client certificates, service
-  account key pair), an admin kubeconfig, and kube-apiserver on a port picked at the
-  first ``start()``, storing under a key prefix of its own (``/registry-<id>``), so
-  one etcd can serve several API servers and other clients. With ``controllers=True``
-  kube-controller-manager and kube-scheduler are started too, once the API server is
-  ready (started together with it, the controller manager exits on "forbidden").
-  ``stop()`` then ``start()`` restarts them on the same ports and PKI.
+- ``ControlPlane(state_dir, kube_bin, etcd, address=...)``: a PKI made with openssl
+  (``pki.py``), an admin kubeconfig, and kube-apiserver on ``address`` (127.0.0.1 by
+  default) and a port picked at the first ``start()``, storing under a key prefix of
+  its own (``/registry-<id>``), so one etcd can serve several API servers and other
+  clients. With ``controllers=True`` kube-controller-manager and kube-scheduler are
+  started too, once the API server is ready (started together with it, the controller
+  manager exits on "forbidden"). ``stop()`` then ``start()`` restarts them on the same
+  ports and PKI.
+- The node (``node.py``, root only): containerd + kubelet on the bridge csi-e2e0; the
+  API server then binds to the bridge's 10.244.0.1 so pods reach it.
 
-Every process runs in its own session (process group), logs to a file next to its
-data, is waited for with a timeout (the error carries the log's tail) and is stopped
-with SIGTERM, then SIGKILL after a bound. By default a process gets SIGKILL when the
-process that started it dies, so a killed test run leaves nothing behind.
-
-Ports come from below the kernel's ephemeral range (``ip_local_port_range``): a port
-there is never handed out as the local port of an outgoing connection, so it is still
-free when a stopped server starts again.
+Processes are run by ``processes.py`` (own session, log file, bounded waits and stops;
+by default SIGKILL when the starting process dies, so a killed test run leaves nothing).
 
 As a script (``make cluster-up`` / ``make cluster-down``)::
 
-    python e2e/cluster/cluster.py up --state-dir e2e/.cluster --kube-bin DIR
-    python e2e/cluster/cluster.py down --state-dir e2e/.cluster
+    python e2e/cluster/cluster.py up --state-dir S [--kube-bin DIR]
+                                     [--node [--containerd-bin DIR] [--images DIR]...]
+    python e2e/cluster/cluster.py import --state-dir S ARCHIVE...
+    python e2e/cluster/cluster.py down --state-dir S
 
-``up`` starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler, leaves
-them running, records their pids in ``STATE/state.json`` and writes ``STATE/env``
-(``export KUBECONFIG=... KUBECTL=... ETCD_ENDPOINT=...``). The one etcd serves the API
-server (under its prefix) and whatever uses ``ETCD_ENDPOINT``. ``down`` stops only the
-recorded processes that still run from this state directory, then removes it.
+``up`` starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler (with
+``--node``: the bridge first, then containerd and kubelet, the pause image and every
+``*.tar`` of ``--images`` imported; it returns once the node is Ready, untainted and
+the default service account exists), leaves them running, records their pids and what
+the host looked like in ``S/state.json`` and writes ``S/env`` (``export KUBECONFIG=...
+KUBECTL=... ETCD_ENDPOINT=... KUBE_API_HOST=... KUBE_API_PORT=... CLUSTER_STATE=...``;
+with the node also CONTAINERD_ADDRESS, CTR, KUBELET_DIR, NODE_NAME, HOST_DATA_DIR).
+``import`` loads image archives into the running node (containerd namespace k8s.io).
+``down`` deletes the pods (bounded wait), stops only the recorded processes that still
+run from this state directory (and our containerd's shims), kills what is left in the
+pods' cgroups, unmounts everything below S, detaches loop devices backed by files
+below S, removes the bridge, the node's cgroups and the host paths it created, restores
+the kernel settings kubelet changed, then removes S. A failed ``up`` does the same.
 
 Standard library only, so the system Python can run it as well as the venv's.
 """
@@ -46,16 +51,13 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import fcntl
 import http.client
 import json
 import os
-import random
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -63,10 +65,27 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+# The sibling modules (this directory is not a package: tests load this file by path).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import images
+import node as node_mod
+import pki
+from processes import (  # ClusterError, alive: tests use them from here
+    ClusterError,
+    Daemon,
+    alive,
+    free_ports,
+    wait_for,
+)
+
+_alive = alive  # the name the tests know
 
 KUBE_VERSION = "v1.37.2"
 #: Where ``make kube-binaries`` puts the binaries (the Makefile exports it as KUBE_BIN).
@@ -74,12 +93,6 @@ DEFAULT_KUBE_BIN = Path.home() / ".cache" / "csi-driver" / f"kubernetes-{KUBE_VE
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"
 CLUSTER_CIDR = "10.244.0.0/16"
-_PR_SET_PDEATHSIG = 1
-_FIRST_PORT = 20000  # below it: well-known ports and kubelet's 10248/10250/...
-
-
-class ClusterError(RuntimeError):
-    """A server failed to start or stop; the message says why, with its log's tail."""
 
 
 # -- locating the programs ----------------------------------------------------------------
@@ -108,92 +121,6 @@ def find_etcdctl() -> Path | None:
         if candidate and os.access(candidate, os.X_OK):
             return Path(candidate)
     return None
-
-
-# -- processes ----------------------------------------------------------------------------------
-class Daemon:
-    """One server process: its own session, output appended to ``log``, bounded stop."""
-
-    def __init__(self, name: str, log: Path, *, die_with_parent: bool = True) -> None:
-        self.name = name
-        self.log = log
-        self.die_with_parent = die_with_parent
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
-        if self.running:
-            raise ClusterError(f"{self.name} is already running (pid {self.pid})")
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            out.write(f"=== {stamp} starting: {shlex.join(argv)}\n".encode())
-            out.flush()
-            try:
-                self.process = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent if self.die_with_parent else None,
-                )
-            except OSError as exc:
-                raise ClusterError(f"cannot run {argv[0]}: {exc}") from None
-
-    def check_alive(self, waiting_for: str) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise ClusterError(
-                f"{self.name} exited with {self.process.returncode} while waiting for "
-                f"{waiting_for}\n{self.tail()}"
-            )
-
-    def stop(self, timeout: float) -> None:
-        """SIGTERM the process group, SIGKILL it after ``timeout``, reap the process."""
-        process = self.process
-        if process is None:
-            return
-        terminate_group(process.pid, timeout, lambda: process.poll() is not None)
-        process.wait()
-        self.process = None
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError as exc:
-            return f"--- {self.log}: {exc}"
-        return f"--- {self.log} (last {len(text)} lines)\n" + "\n".join(text)
-
-
-def wait_for(
-    what: str,
-    ready: Callable[[], bool],
-    timeout: float,
-    daemons: Sequence[Daemon],
-) -> float:
-    """Poll ``ready`` until true; the seconds it took. Fails on timeout or on a death."""
-    started = time.monotonic()
-    last = ""
-    while True:
-        for daemon in daemons:
-            daemon.check_alive(what)
-        try:
-            if ready():
-                return time.monotonic() - started
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            last = f"; last error: {exc}"
-        if time.monotonic() - started > timeout:
-            tails = "\n".join(d.tail() for d in daemons)
-            raise ClusterError(f"timed out after {timeout:g}s waiting for {what}{last}\n{tails}")
-        time.sleep(0.1)
 
 
 # -- etcd -----------------------------------------------------------------------------------
@@ -342,6 +269,7 @@ class ControlPlane(_Server):
         *,
         controllers: bool = False,
         etcd_prefix: str | None = None,
+        address: str = "127.0.0.1",
         timeout: float = 120.0,
         stop_timeout: float = 15.0,
         die_with_parent: bool = True,
@@ -349,6 +277,9 @@ class ControlPlane(_Server):
         self.dir = Path(state_dir).resolve()
         self.bin = kube_bin_dir(kube_bin).resolve()
         self.etcd = etcd
+        #: Where kube-apiserver listens (and what every client dials): 127.0.0.1, or the
+        #: node's bridge address so pods reach it (``node.BRIDGE_ADDRESS``).
+        self.address = address
         self.controllers = controllers
         self.etcd_prefix = etcd_prefix or f"/registry-{uuid.uuid4().hex[:12]}"
         self.timeout = timeout
@@ -376,7 +307,7 @@ class ControlPlane(_Server):
     def server(self) -> str:
         if not self.port:
             raise ClusterError("the API server has not been started yet: no address")
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     @property
     def kubeconfig(self) -> str:
@@ -430,7 +361,11 @@ class ControlPlane(_Server):
                 self.port, self.controller_manager_port, self.scheduler_port = free_ports(3)
             if not (self.pki / "ca.crt").exists():
                 started = time.monotonic()
-                self._make_pki()
+                sans = dict.fromkeys(["IP:127.0.0.1", f"IP:{self.address}", "IP:10.96.0.1",
+                                      "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+                                      "DNS:kubernetes.default.svc",
+                                      "DNS:kubernetes.default.svc.cluster.local"])  # fmt: skip
+                pki.make_pki(self.pki, list(sans))
                 self.timings["pki"] = time.monotonic() - started
             self._write_kubeconfigs()
             started = time.monotonic()
@@ -467,6 +402,18 @@ class ControlPlane(_Server):
                 return bool(answer.status == 200 and answer.read().strip() == b"ok")
         except urllib.error.HTTPError:
             return False  # 500 while post-start hooks run
+
+    def get_json(self, path: str) -> dict[str, Any] | None:
+        """GET ``path`` as admin: the object, or None if it is not there (404)."""
+        request = urllib.request.Request(self.server + path)  # noqa: S310 - our own https URL
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=self._admin_tls()) as answer:  # noqa: S310
+                result = json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        return result if isinstance(result, dict) else None
 
     def _admin_tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
@@ -508,9 +455,10 @@ class ControlPlane(_Server):
         p = self.pki
         return [
             str(self.bin / "kube-apiserver"),
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={self.port}", f"--cert-dir={p}",
-            # the default reconciler refuses a loopback advertise address
+            # the default reconciler refuses a loopback advertise address; without
+            # kube-proxy the `kubernetes` Service would lead nowhere anyway
             "--endpoint-reconciler-type=none",
             f"--etcd-servers={self.etcd_endpoint}", f"--etcd-prefix={self.etcd_prefix}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
@@ -527,96 +475,10 @@ class ControlPlane(_Server):
             "--v=1",
         ]  # fmt: skip
 
-    # -- PKI ------------------------------------------------------------------------------------
-    def _make_pki(self) -> None:
-        """ECDSA P-256 keys (fast to make), certificates valid for a year, all by openssl."""
-        tmp = self.dir / "pki.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        tmp.chmod(0o700)
-        cnf = tmp / "openssl.cnf"
-        cnf.write_text(
-            "[req]\ndistinguished_name = dn\n[dn]\n"
-            "[ca]\nbasicConstraints = critical,CA:TRUE\n"
-            "keyUsage = critical,keyCertSign,cRLSign,digitalSignature\n"
-            "subjectKeyIdentifier = hash\n"
-        )
-        _new_key(tmp / "ca.key")
-        _openssl("req", "-x509", "-new", "-key", tmp / "ca.key", "-subj",
-                 "/CN=csi-driver-test-ca", "-days", "365", "-config", cnf, "-extensions", "ca",
-                 "-out", tmp / "ca.crt")  # fmt: skip
-        _new_key(tmp / "sa.key")
-        _openssl("pkey", "-in", tmp / "sa.key", "-pubout", "-out", tmp / "sa.pub")
-        sans = ["IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes",
-                "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
-                "DNS:kubernetes.default.svc.cluster.local"]  # fmt: skip
-        _new_cert(tmp, cnf, "apiserver", "/CN=kube-apiserver", "serverAuth", sans)
-        for name, subject in (
-            ("admin", "/O=system:masters/CN=admin"),
-            ("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"),
-            ("controller-manager", "/CN=system:kube-controller-manager"),
-            ("scheduler", "/CN=system:kube-scheduler"),
-        ):
-            _new_cert(tmp, cnf, name, subject, "clientAuth")
-        cnf.unlink()
-        for leftover in tmp.glob("*.csr"):
-            leftover.unlink()
-        shutil.rmtree(self.pki, ignore_errors=True)
-        tmp.rename(self.pki)
-
     def _write_kubeconfigs(self) -> None:
-        """kubeconfigs (JSON is YAML) for admin, controller manager and scheduler."""
+        """kubeconfigs for admin, controller manager and scheduler (on ``server``)."""
         for name in ("admin", "controller-manager", "scheduler"):
-            config = {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "csi-test", "cluster": {
-                    "server": self.server,
-                    "certificate-authority": str(self.pki / "ca.crt")}}],
-                "users": [{"name": name, "user": {
-                    "client-certificate": str(self.pki / f"{name}.crt"),
-                    "client-key": str(self.pki / f"{name}.key")}}],
-                "contexts": [{"name": "csi-test", "context": {"cluster": "csi-test",
-                                                              "user": name}}],
-                "current-context": "csi-test",
-            }  # fmt: skip
-            path = self.dir / f"{name}.kubeconfig"
-            path.write_text(json.dumps(config, indent=2) + "\n")
-            path.chmod(0o600)
-
-
-def _openssl(*args: str | Path) -> None:
-    argv = ["openssl", *map(str, args)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except FileNotFoundError:
-        raise ClusterError("openssl is not installed; run 'make etcd-deps'") from None
-    if done.returncode != 0:
-        raise ClusterError(f"{shlex.join(argv)} exited with {done.returncode}: {done.stderr}")
-
-
-def _new_key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path)
-    path.chmod(0o600)
-
-
-def _new_cert(
-    directory: Path, cnf: Path, name: str, subject: str, usage: str, sans: Sequence[str] = ()
-) -> None:
-    key, csr, crt = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
-    ext = directory / f"{name}.ext"
-    lines = ["basicConstraints = critical,CA:FALSE", "keyUsage = critical,digitalSignature",
-             f"extendedKeyUsage = {usage}", "authorityKeyIdentifier = keyid",
-             "subjectKeyIdentifier = hash"]  # fmt: skip
-    if sans:
-        lines.append(f"subjectAltName = {','.join(sans)}")
-    ext.write_text("\n".join(lines) + "\n")
-    _new_key(key)
-    _openssl("req", "-new", "-key", key, "-subj", subject, "-config", cnf, "-out", csr)
-    _openssl("x509", "-req", "-in", csr, "-CA", directory / "ca.crt",
-             "-CAkey", directory / "ca.key", "-set_serial", str(random.getrandbits(63)),
-             "-days", "365", "-extfile", ext, "-out", crt)  # fmt: skip
-    ext.unlink()
+            pki.write_kubeconfig(self.dir / f"{name}.kubeconfig", self.server, self.pki, name)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -645,61 +507,11 @@ def _healthz(port: int) -> bool:
         return False
 
 
-def free_ports(count: int) -> tuple[int, ...]:
-    """Distinct loopback ports nobody listens on, below the ephemeral range if possible."""
-    low = _FIRST_PORT
-    try:
-        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 1
-    except (OSError, ValueError, IndexError):
-        high = 0
-    ports: list[int] = []
-    with contextlib.ExitStack() as stack:
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            for _attempt in range(200 if high - low > 1000 else 0):
-                port = random.randint(low, high)  # noqa: S311 - not for secrets
-                if port in ports:
-                    continue
-                try:
-                    sock.bind(("127.0.0.1", port))
-                    break
-                except OSError:
-                    continue
-            else:
-                sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    return tuple(ports)
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the parent dies, so no server outlives a test run."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
-
-
-def terminate_group(pid: int, timeout: float, gone: Callable[[], bool]) -> None:
-    """SIGTERM process group ``pid``; SIGKILL it if ``gone()`` is not true within ``timeout``."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        if gone():
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while not gone() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
 # -- script: cluster-up / cluster-down ---------------------------------------------------------
 STATE_FILE = "state.json"
 ENV_FILE = "env"
+#: How long ``down`` waits for kubelet to delete every pod before it forces them.
+DRAIN_TIMEOUT = 60.0
 
 
 def _ours(pid: int, state_dir: Path) -> bool:
@@ -708,7 +520,7 @@ def _ours(pid: int, state_dir: Path) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return _alive(pid) and any(str(state_dir).encode() in arg for arg in argv)
+    return alive(pid) and any(str(state_dir).encode() in arg for arg in argv)
 
 
 @contextlib.contextmanager
@@ -723,14 +535,36 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _recorded_pids(state_dir: Path) -> dict[str, int]:
+def _read_state(state_dir: Path) -> dict[str, Any]:
     try:
-        return dict(json.loads((state_dir / STATE_FILE).read_text()).get("pids", {}))
+        state = json.loads((state_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    return state if isinstance(state, dict) else {}
 
 
-def cluster_up(state_dir: Path, kube_bin: str | None, etcd: str | None, timeout: float) -> int:
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    """state.json, replaced atomically: ``down`` trusts whatever it finds there."""
+    tmp = state_dir / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.rename(state_dir / STATE_FILE)
+
+
+def _recorded_pids(state_dir: Path) -> dict[str, int]:
+    return dict(_read_state(state_dir).get("pids", {}))
+
+
+def cluster_up(
+    state_dir: Path,
+    kube_bin: str | None,
+    etcd: str | None,
+    timeout: float,
+    *,
+    node: bool = False,
+    containerd_bin: Path | None = None,
+    image_archives: Sequence[Path] = (),
+) -> int:
+    """Start the cluster in ``state_dir`` and leave it running (see the module's doc)."""
     with _locked(state_dir):
         running = {n: p for n, p in _recorded_pids(state_dir).items() if _ours(p, state_dir)}
         if running:
@@ -740,94 +574,231 @@ def cluster_up(state_dir: Path, kube_bin: str | None, etcd: str | None, timeout:
         if state_dir.exists():
             cluster_down(state_dir, locked=True)  # leftovers of a dead cluster
         state_dir.mkdir(parents=True)
-        etcd_server = Etcd(state_dir / "etcd", etcd=etcd, log=state_dir / "logs" / "etcd.log",
-                           timeout=timeout, die_with_parent=False)  # fmt: skip
-        plane = ControlPlane(state_dir, kube_bin, etcd_server, controllers=True,
-                             timeout=timeout, die_with_parent=False)  # fmt: skip
+        state: dict[str, Any] = {"pids": {}}
         try:
-            etcd_server.start()
-            plane.start()
+            _up(state_dir, state, kube_bin, etcd, timeout, node, containerd_bin, image_archives)
         except BaseException as exc:
-            plane.stop()
-            etcd_server.stop()
-            shutil.rmtree(state_dir, ignore_errors=True)
-            if isinstance(exc, ClusterError):
-                print(f"cluster-up failed: {exc}", file=sys.stderr)
+            print(f"cluster-up failed, tearing down what it started: {exc}", file=sys.stderr)
+            cluster_down(state_dir, locked=True)
+            if isinstance(exc, ClusterError | images.ImageError):
                 return 1
             raise
-        pids = {d.name: d.pid for d in [etcd_server.daemon, *plane.daemons] if d.pid}
-        state = {
-            "pids": pids,
-            "etcd_endpoint": etcd_server.endpoint,
-            "server": plane.server,
-            "etcd_prefix": plane.etcd_prefix,
-            "kubeconfig": plane.kubeconfig,
-            "kubectl": plane.kubectl,
-            "timings": {"etcd start": etcd_server.timings["start"], **plane.timings},
-        }
-        (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        env = {
-            "KUBECONFIG": plane.kubeconfig,
-            "KUBECTL": plane.kubectl,
-            "ETCD_ENDPOINT": etcd_server.endpoint,
-            "KUBECACHEDIR": plane.kube_cache_dir,
-        }
-        (state_dir / ENV_FILE).write_text(
-            "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-        )
         took = ", ".join(f"{k} {v:.1f} s" for k, v in state["timings"].items())
-        print(f"cluster up: kube-apiserver {plane.server}, etcd {etcd_server.endpoint} ({took})\n"
-              f"use it: source {state_dir / ENV_FILE}; $KUBECTL get ns")  # fmt: skip
+        print(
+            f"cluster up: kube-apiserver {state['server']}, etcd {state['etcd_endpoint']}"
+            + (f", node {state['node']['name']} Ready" if node else "")
+            + f" ({took})\nuse it: source {state_dir / ENV_FILE}; $KUBECTL get nodes,ns"
+        )
         return 0
 
 
+def _up(
+    state_dir: Path,
+    state: dict[str, Any],
+    kube_bin: str | None,
+    etcd: str | None,
+    timeout: float,
+    with_node: bool,
+    containerd_bin: Path | None,
+    image_archives: Sequence[Path],
+) -> None:
+    """Start everything, recording in ``state`` (and state.json) as it goes."""
+    address = "127.0.0.1"
+    if with_node:
+        # Everything ``down`` must undo is recorded before it is done.
+        pause = images.pause_image()
+        name = node_mod.loopback_host_name()
+        state["node"] = {"name": name, "bridge": False, "host": node_mod.host_record()}
+        _write_state(state_dir, state)
+        node_mod.create_bridge(owner=state_dir)
+        state["node"]["bridge"] = True
+        _write_state(state_dir, state)
+        address = node_mod.BRIDGE_ADDRESS
+    etcd_server = Etcd(state_dir / "etcd", etcd=etcd, log=state_dir / "logs" / "etcd.log",
+                       timeout=timeout, die_with_parent=False)  # fmt: skip
+    plane = ControlPlane(state_dir, kube_bin, etcd_server, controllers=True, address=address,
+                         timeout=timeout, die_with_parent=False)  # fmt: skip
+    daemons = [etcd_server.daemon, *plane.daemons]
+
+    def record(daemon: Daemon | None = None) -> None:
+        """Write every pid to state.json as soon as it runs: ``down`` finds it there."""
+        state["pids"].update({d.name: d.pid for d in daemons if d.pid})
+        _write_state(state_dir, state)
+
+    for daemon in daemons:
+        daemon.on_spawn = record
+    etcd_server.start()
+    plane.start()
+    state.update({
+        "etcd_endpoint": etcd_server.endpoint, "server": plane.server,
+        "etcd_prefix": plane.etcd_prefix, "kubeconfig": plane.kubeconfig,
+        "kubectl": plane.kubectl, "kube_cache_dir": plane.kube_cache_dir,
+        "timings": {"etcd start": etcd_server.timings["start"], **plane.timings},
+    })  # fmt: skip
+    record()
+    env = {
+        "KUBECONFIG": plane.kubeconfig,
+        "KUBECTL": plane.kubectl,
+        "ETCD_ENDPOINT": etcd_server.endpoint,
+        "KUBECACHEDIR": plane.kube_cache_dir,
+        "KUBE_API_HOST": plane.address,
+        "KUBE_API_PORT": str(plane.port),
+        "CLUSTER_STATE": str(state_dir),
+    }
+    if with_node:
+        worker = node_mod.Node(state_dir, plane.bin, Path(containerd_bin or
+                                                          node_mod.DEFAULT_CONTAINERD_BIN),
+                               plane, pause, name=state["node"]["name"], timeout=timeout,
+                               die_with_parent=False)  # fmt: skip
+        daemons += worker.daemons
+        for daemon in worker.daemons:
+            daemon.on_spawn = record
+        host_data = state_dir / "host-data"
+        host_data.mkdir()
+        state["node"].update({
+            "kubelet_dir": str(worker.kubelet_dir), "containerd_dir": str(worker.containerd_dir),
+            "containerd_address": worker.address, "ctr": worker.ctr,
+            "pause_image": pause.ref,
+        })  # fmt: skip
+        worker.start(image_archives)
+        state["timings"].update(worker.timings)
+        env.update({
+            "CONTAINERD_ADDRESS": worker.address, "CTR": worker.ctr,
+            "KUBELET_DIR": str(worker.kubelet_dir), "NODE_NAME": worker.name,
+            "HOST_DATA_DIR": str(host_data),
+        })  # fmt: skip
+    record()
+    (state_dir / ENV_FILE).write_text(
+        "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    )
+
+
 def cluster_down(state_dir: Path, *, locked: bool = False) -> int:
+    """Stop what ``up`` recorded and undo what it changed; 1 if something is left."""
     if not locked:
         with _locked(state_dir):
             return cluster_down(state_dir, locked=True)
     if not state_dir.exists():
         print(f"no cluster in {state_dir}")
         return 0
-    pids = _recorded_pids(state_dir)
+    state = _read_state(state_dir)
+    pids: dict[str, int] = dict(state.get("pids", {}))
+    worker: dict[str, Any] | None = state.get("node")
+    # The node's host-wide traces (bridge, cgroups, sysctls, host paths) are ours to clear
+    # unless the bridge names another state directory: that cluster is up.
+    owner = node_mod.bridge_owner() if node_mod.bridge_exists() else str(state_dir)
+    if worker and owner != str(state_dir):
+        print(f"cluster-down: the node on this machine is {owner}'s; leaving its bridge, "
+              f"cgroups and host paths alone", file=sys.stderr)  # fmt: skip
+        worker = None
+    problems: list[str] = []
+
+    def ours(pid: int) -> bool:
+        return _ours(pid, state_dir)
+
+    def stop(*names: str) -> None:
+        for name in names:
+            pid = pids.pop(name, None)
+            if pid and node_mod.stop_pids([pid], 15.0, ours):
+                problems.append(f"{name} (pid {pid}) did not exit")
+
+    if worker:
+        # Nothing may re-create a pod (DaemonSets) or place one while the node drains.
+        stop("kube-scheduler", "kube-controller-manager")
+        if "kubectl" in state and all(ours(pids.get(n, 0)) for n in ("kube-apiserver",
+                                                                       "kubelet")):  # fmt: skip
+            kubectl = [state["kubectl"], f"--kubeconfig={state['kubeconfig']}"]
+            env = {**os.environ, "KUBECACHEDIR": state["kube_cache_dir"]}
+            if not node_mod.drain(kubectl, env, DRAIN_TIMEOUT):
+                print(f"cluster-down: pods still there after {DRAIN_TIMEOUT:g} s; "
+                      f"killing their containers", file=sys.stderr)  # fmt: skip
+        stop("kubelet")
+        left = node_mod.kill_cgroup_processes(node_mod.CGROUP_ROOT)
+        problems += [f"process {pid} in cgroup /{node_mod.CGROUP_ROOT}" for pid in left]
+        containerd_dir = Path(worker.get("containerd_dir", state_dir / "containerd"))
+        shims = node_mod.shims_of(containerd_dir)
+        problems += [f"shim {p}" for p in node_mod.stop_pids(shims, 10.0, ours)]
+        stop("containerd")
     # Clients first, etcd last (the API server shuts down cleanly with etcd there).
     order = ["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
-    for name in sorted(pids, key=lambda n: order.index(n) if n in order else -1):
-        pid = pids[name]
-        if _ours(pid, state_dir):
-            terminate_group(pid, 15.0, lambda pid=pid: not _alive(pid))
-            if _alive(pid):
-                print(f"cluster-down: {name} (pid {pid}) did not exit", file=sys.stderr)
-                return 1
-    for mount in _mounts_under(state_dir):  # none expected; never leave one behind
-        subprocess.run(["umount", "-l", mount], check=False)
-    shutil.rmtree(state_dir)
-    print(f"cluster down: stopped {', '.join(pids) or 'nothing'}; removed {state_dir}")
+    stop(*sorted(pids, key=lambda n: order.index(n) if n in order else -1))
+    problems += [f"mount {m}" for m in node_mod.unmount_under(state_dir)]
+    problems += [f"loop device {d}" for d in node_mod.detach_loops_under(state_dir)]
+    if worker:
+        host = worker.get("host", {})
+        if worker.get("bridge"):
+            try:
+                node_mod.delete_bridge()
+            except ClusterError as exc:
+                problems.append(str(exc))
+        created = {node_mod.CGROUP_ROOT, "kubepods", "k8s.io"} - set(host.get("cgroups", []))
+        problems += [f"cgroup {c}" for c in node_mod.remove_cgroups(sorted(created))]
+        problems += [f"sysctl {s}" for s in node_mod.restore_sysctls(host.get("sysctls", {}))]
+        problems += node_mod.clean_host_paths(host.get("paths", list(node_mod.HOST_PATHS)),
+                                              state_dir)  # fmt: skip
+    if node_mod.mounts_under(state_dir):
+        problems.append(f"{state_dir} kept: something is still mounted below it")
+    else:
+        shutil.rmtree(state_dir)
+    if problems:
+        print("cluster-down: left behind: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"cluster down: stopped {', '.join(state.get('pids', {})) or 'nothing'}; "
+          f"removed {state_dir}")  # fmt: skip
     return 0
 
 
-def _mounts_under(directory: Path) -> list[str]:
+def cluster_import(state_dir: Path, archives: Sequence[Path]) -> int:
+    """Import image archives into the running node's containerd (namespace k8s.io)."""
+    worker = _read_state(state_dir).get("node")
+    if not worker or not _ours(_recorded_pids(state_dir).get("containerd", 0), state_dir):
+        print(f"no node cluster is up in {state_dir} ('make cluster-up')", file=sys.stderr)
+        return 1
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    prefix = f"{directory}/"
-    targets = [line.split()[4] for line in lines if len(line.split()) > 4]
-    return sorted((t for t in targets if t.startswith(prefix) or t == str(directory)),
-                  reverse=True)  # fmt: skip
+        names = node_mod.import_images(worker["ctr"], worker["containerd_address"], archives)
+    except ClusterError as exc:
+        print(f"cluster import: {exc}", file=sys.stderr)
+        return 1
+    print("imported: " + ", ".join(names))
+    return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("action", choices=("up", "down"))
+    parser.add_argument("action", choices=("up", "down", "import"))
+    parser.add_argument("archives", nargs="*", type=Path, help="import: image archives")
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--kube-bin", help=f"default: $KUBE_BIN or {DEFAULT_KUBE_BIN}")
     parser.add_argument("--etcd", help="the etcd binary (default: $ETCD or etcd on PATH)")
     parser.add_argument("--timeout", type=float, default=120.0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--node", action="store_true", help="up: also containerd + kubelet")
+    parser.add_argument("--containerd-bin", type=Path,
+                        help=f"default: {node_mod.DEFAULT_CONTAINERD_BIN}")  # fmt: skip
+    parser.add_argument("--images", type=Path, action="append", default=[],
+                        help="up --node: import every *.tar archive in this directory")  # fmt: skip
+    args = parser.parse_intermixed_args(argv)  # archives may follow the options
     state_dir = args.state_dir.resolve()
+    if args.action == "import":
+        return cluster_import(state_dir, args.archives)
+    if args.archives:
+        parser.error(f"{args.action} takes no archives")
     if args.action == "down":
         return cluster_down(state_dir)
-    return cluster_up(state_dir, args.kube_bin, args.etcd, args.timeout)
+    signal.signal(signal.SIGTERM, _interrupted)  # a killed `up` tears down what it started
+    archives = []
+    for directory in args.images:
+        if not directory.is_dir():
+            parser.error(f"--images {directory}: not a directory")
+        archives += sorted(directory.resolve().glob("*.tar"))
+    try:
+        return cluster_up(state_dir, args.kube_bin, args.etcd, args.timeout, node=args.node,
+                          containerd_bin=args.containerd_bin, image_archives=archives)  # fmt: skip
+    except KeyboardInterrupt:
+        return 130  # torn down already (cluster_up)
 
 
 if __name__ == "__main__":

@@ -323,3 +323,157 @@ def test_the_shipped_configurations_are_valid() -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# --- load(path, path, ...): several files merged in order --------------------------------------
+# In Kubernetes the backends' credentials come from a Secret and the rest from a ConfigMap,
+# mounted as two files; the later file merges into the earlier one.
+
+CONFIGMAP = f"""\
+driver_name: cinder.csi.example.org
+storage:
+  persistence_config: {{storage: etcd, endpoints: ["https://etcd:2379"], prefix: /csi/}}
+  file_locks_path: /var/lib/csi-driver/locks
+backends:
+  - name: lvm
+    driver: {DRIVER}
+    options: {{volume_group: cinder-volumes, target_helper: lioadm}}
+    topology: [{{zone: a}}]
+  - name: ceph
+    driver: {DRIVER}
+    options: {{rbd_pool: volumes, rbd_user: csi}}
+node:
+  max_volumes: 8
+  local_roots: [/srv/a, /srv/b]
+"""
+SECRET = """\
+storage:
+  persistence_config: {user: csi, password: s3cret}
+backends:
+  - name: ceph
+    options: {rbd_keyring_conf: /etc/ceph/keyring, rbd_user: csi-rw}
+  - name: lvm
+    options: {chap_password: chap-s3cret}
+    topology: [{zone: b}]
+"""
+
+
+def _files(tmp_path: Path, *texts: str) -> list[str]:
+    return [str(_write(tmp_path / f"config-{i}.yaml", text)) for i, text in enumerate(texts)]
+
+
+def test_load_merges_mappings_key_by_key_and_backends_by_name(tmp_path: Path) -> None:
+    cfg = config.load(*_files(tmp_path, CONFIGMAP, SECRET))
+
+    assert cfg.driver_name == "cinder.csi.example.org"
+    assert dict(cfg.storage["persistence_config"]) == {
+        "storage": "etcd", "endpoints": ["https://etcd:2379"], "prefix": "/csi/",
+        "user": "csi", "password": "s3cret",
+    }  # fmt: skip
+    assert cfg.storage["file_locks_path"] == "/var/lib/csi-driver/locks"
+    assert [b.name for b in cfg.backends] == ["lvm", "ceph"]  # the first file's order
+    lvm, ceph = cfg.backends
+    assert dict(lvm.options) == {"volume_group": "cinder-volumes", "target_helper": "lioadm",
+                                 "chap_password": "chap-s3cret"}  # fmt: skip
+    assert [dict(s) for s in lvm.topology] == [{"zone": "b"}]  # a list: replaced
+    assert dict(ceph.options) == {"rbd_pool": "volumes", "rbd_user": "csi-rw",
+                                  "rbd_keyring_conf": "/etc/ceph/keyring"}  # fmt: skip
+    assert ceph.driver == DRIVER
+    assert cfg.node.max_volumes == 8
+
+
+def test_a_later_file_appends_new_backends_and_replaces_other_lists(tmp_path: Path) -> None:
+    later = f"backends:\n  - {{name: extra, driver: {DRIVER}}}\nnode:\n  local_roots: [/srv/c]\n"
+    cfg = config.load(*_files(tmp_path, CONFIGMAP, later))
+
+    assert [b.name for b in cfg.backends] == ["lvm", "ceph", "extra"]
+    assert cfg.default_backend == "lvm"
+    assert cfg.node.local_roots == ("/srv/c",)
+    assert cfg.node.max_volumes == 8
+
+
+def test_a_later_file_can_change_a_backends_driver(tmp_path: Path) -> None:
+    later = "backends:\n  - {name: ceph, driver: other.Driver}\n"
+    cfg = config.load(*_files(tmp_path, CONFIGMAP, later))
+
+    assert cfg.backend("ceph").driver == "other.Driver"  # type: ignore[union-attr]
+    assert cfg.backend("ceph").options["rbd_pool"] == "volumes"  # type: ignore[union-attr]
+
+
+def test_a_driver_may_come_from_any_file(tmp_path: Path) -> None:
+    """The first file may name a backend without its driver if a later one gives it."""
+    first = "backends:\n  - {name: lvm, options: {volume_group: vg}}\n"
+    cfg = config.load(*_files(tmp_path, first, f"backends:\n  - {{name: lvm, driver: {DRIVER}}}\n"))
+
+    assert cfg.backends[0].driver == DRIVER
+    assert dict(cfg.backends[0].options) == {"volume_group": "vg"}
+
+
+def test_an_empty_later_file_changes_nothing(tmp_path: Path) -> None:
+    alone, *_ = paths = _files(tmp_path, CONFIGMAP, "")
+
+    assert config.load(*paths) == config.load(alone)
+
+
+MERGE_ERRORS: list[Any] = [
+    pytest.param(
+        "backends:\n  - {name: lvm, options: {x: 1}}\n  - {name: new, options: {y: 2}}\n",
+        [1], "backends[1].driver: missing", id="new-backend-without-driver",
+    ),
+    pytest.param("backends:\n  - {options: {x: 1}}\n", [1], "backends[0].name: missing",
+                 id="backend-without-name"),
+    pytest.param("backends:\n  - {name: ceph}\n  - {name: ceph}\n", [1],
+                 "backends: the name 'ceph' is used twice", id="same-name-twice-in-one-file"),
+    pytest.param("backends: {ceph: {}}\n", [1], "backends: expected a list",
+                 id="backends-not-list"),
+    pytest.param("- a list\n", [1], "top level: expected a mapping", id="top-level-not-mapping"),
+    # Found once merged: every file that set the key is named.
+    pytest.param("node: {max_volumes: -2}\n", [0, 1], "node.max_volumes:",
+                 id="validation-after-merge"),
+    pytest.param("backends:\n  - {name: ceph, options: {volume_driver: x}}\n", [0, 1],
+                 "backends[1].options.volume_driver:", id="bad-merged-backend"),
+    pytest.param("default_backend: nfs\n", [1], "default_backend:", id="key-only-later"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("later", "culprits", "message"), MERGE_ERRORS)
+def test_merge_errors_name_the_file_and_key(
+    tmp_path: Path, later: str, culprits: list[int], message: str
+) -> None:
+    paths = _files(tmp_path, CONFIGMAP, later)
+
+    with pytest.raises(ConfigError) as raised:
+        config.load(*paths)
+    named = ", ".join(paths[i] for i in culprits)
+    assert str(raised.value).startswith(f"{named}: {message}")
+
+
+def test_a_merged_key_error_names_every_file_that_set_it(tmp_path: Path) -> None:
+    paths = _files(tmp_path, "node: {max_volumes: 3}\n", "node: {multipath: maybe}\n")
+
+    with pytest.raises(ConfigError) as raised:
+        config.load(*paths)
+    assert str(raised.value).startswith(f"{paths[0]}, {paths[1]}: node.multipath:")
+
+
+def test_a_missing_later_file_is_named(tmp_path: Path) -> None:
+    paths = [*_files(tmp_path, CONFIGMAP), str(tmp_path / "secret.yaml")]
+
+    with pytest.raises(ConfigError, match=re.escape(f"cannot read configuration file {paths[1]}")):
+        config.load(*paths)
+
+
+def test_the_split_example_in_example_yaml_merges(tmp_path: Path) -> None:
+    """The Secret file shown in config/example.yaml's header merges as it says."""
+    example = REPO / "config" / "example.yaml"
+    header = example.read_text().split("holding only:\n", 1)[1].split("\n\n", 1)[0]
+    secret = _write(tmp_path / "secret.yaml",
+                    "\n".join(line[2:] for line in header.splitlines()) + "\n")  # fmt: skip
+
+    cfg = config.load(str(example), str(secret))
+
+    ceph = cfg.backend("ceph")
+    assert ceph is not None and ceph.options["rbd_keyring_conf"].startswith("/etc/csi-driver/")
+    assert ceph.options["rbd_pool"] == "volumes"
+    assert cfg.storage["persistence_config"]["password"] == "..."
+    assert cfg.storage["persistence_config"]["storage"] == "sqlite"
