@@ -73,8 +73,8 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /tmp/wheel/*.w
 RUN mkdir /opt/venv/ceph-bindings \
  && ln -s /usr/lib/python3/dist-packages/rados.cpython-*.so \
       /usr/lib/python3/dist-packages/rbd.cpython-*.so /opt/venv/ceph-bindings/ \
- && /opt/venv/bin/python -c 'import site; print(site.getsitepackages()[0])' \
-      | xargs -I{} sh -c 'echo /opt/venv/ceph-bindings > {}/csi-driver-ceph-bindings.pth' \
+ && /opt/venv/bin/python -c 'import pathlib, site; \
+pathlib.Path(site.getsitepackages()[0], "csi-driver-ceph-bindings.pth").write_text("/opt/venv/ceph-bindings\n")' \
  && /opt/venv/bin/python -c 'import rados, rbd'
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENTRYPOINT ["/opt/venv/bin/csi-driver"]

@@ -2,7 +2,7 @@
 # (e2e/tests; the README's "Install on Kubernetes" is what it runs). Also the manifests:
 # the kustomize base is `helm template` output, kept in git and checked for freshness.
 CHART               := charts/csi-driver
-CHART_SNAPSHOT_CRDS := $(CHART)/files/snapshot-crds
+CHART_SNAPSHOT_CRDS := $(CHART)/crds
 # Of external-snapshotter's CRDs, the three VolumeSnapshot kinds (the snapshot
 # controller runs without the group-snapshot ones, with that feature off).
 SNAPSHOT_CRD_FILES  := $(addprefix snapshot.storage.k8s.io_,volumesnapshotclasses.yaml \

@@ -160,13 +160,14 @@ def release(
         "node.stateDir": str(node_state),
         "node.iscsiDir": str(Path(cluster["HOST_DATA_DIR"]) / "iscsi"),
         "node.multipathDir": str(Path(cluster["HOST_DATA_DIR"]) / "multipath"),
-        "crds.keepOnUninstall": "false",
     }
     started = time.monotonic()
     helm.run(
         "install", RELEASE, str(REPO / "charts" / "csi-driver"),
         "--namespace", RELEASE_NAMESPACE, "-f", str(VALUES),
         *[arg for key, value in overrides.items() for arg in ("--set-string", f"{key}={value}")],
+        # Every volume is deleted before the uninstall: nothing to keep.
+        "--set", "crds.keepOnUninstall=false",
         "--wait", "--timeout", "5m",
         timeout=420,
     )  # fmt: skip
