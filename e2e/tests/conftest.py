@@ -142,8 +142,8 @@ def release(
     client_dir.mkdir(exist_ok=True)
     ceph.client_conf(client_dir / "ceph.conf", keyring=Path("/etc/ceph-client/keyring"))
     shutil.copy(ceph.keyring_path(CEPH_USER), client_dir / "keyring")
-    kubectl.run("create", "namespace", RELEASE_NAMESPACE)
-    kubectl.run("create", "namespace", WORK_NAMESPACE)
+    for namespace in (RELEASE_NAMESPACE, WORK_NAMESPACE):  # the first may exist already
+        kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     kubectl.run(
         "-n", RELEASE_NAMESPACE, "create", "secret", "generic", "ceph-client",
         f"--from-file=ceph.conf={client_dir / 'ceph.conf'}",

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import http.client
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,29 +34,8 @@ class KubeletPlugin(plugin.PluginProcess):
     def __init__(self, directory: Path, mode: str, extra: Sequence[str], name: str) -> None:
         super().__init__(
             plugin.write_config(directory), mode, directory / f"{name}.sock",
-            directory / f"{name}.log",
+            directory / f"{name}.log", args=extra,
         )  # fmt: skip
-        self.extra = list(extra)
-
-    def start(self) -> KubeletPlugin:
-        command = [
-            sys.executable, "-m", "csi_driver.cli", "--endpoint", self.endpoint,
-            "--mode", self.mode, "--config", str(self.config), "--log-level", "DEBUG",
-            *self.extra,
-        ]  # fmt: skip
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
-        deadline = time.monotonic() + plugin.START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"plugin exited at start:\n{self.log()[-3000:]}")
-            if "serving CSI" in self.log():  # logged once every companion runs
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"plugin not ready in {plugin.START_TIMEOUT}s:\n{self.log()}")
 
 
 def free_port() -> int:

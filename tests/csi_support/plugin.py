@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,11 @@ def write_config(directory: Path, backends: list[dict[str, Any]] | None = None,
 class PluginProcess:
     def __init__(
         self, config: Path, mode: str, socket_path: Path, log: Path,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None, args: Sequence[str] = (),
     ) -> None:  # fmt: skip
         self.config = config
+        #: More command-line options (e.g. the kubelet ones: --registration-dir ...).
+        self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.mode = mode
         self.socket = socket_path
@@ -79,6 +81,7 @@ class PluginProcess:
         command = [
             sys.executable, "-m", "csi_driver.cli", "--endpoint", self.endpoint,
             "--mode", self.mode, "--config", str(self.config), "--log-level", "DEBUG",
+            *self.args,
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -88,7 +91,8 @@ class PluginProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"plugin ({self.mode}) exited at start:\n{self.log()[-3000:]}")
-            if self.socket.exists() and self._probe():
+            # "serving CSI" is logged once the registration and health servers run too.
+            if self.socket.exists() and self._probe() and "serving CSI" in self.log():
                 return self
             time.sleep(0.2)
         self.stop()
@@ -126,11 +130,12 @@ def running(
     directory: Path,
     name: str | None = None,
     env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[PluginProcess]:
     """A started plugin, stopped (gracefully, asserted) when the block ends."""
     name = name or mode
     plugin = PluginProcess(
-        config, mode, directory / f"{name}.sock", directory / f"{name}.log", env=env
+        config, mode, directory / f"{name}.sock", directory / f"{name}.log", env=env, args=args
     )
     plugin.start()
     try:
