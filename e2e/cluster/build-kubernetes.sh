@@ -16,6 +16,8 @@
 # interrupted build never leaves a partial binary under its real name.
 # Go's caches come from the environment (the Makefile sets GOMODCACHE/GOCACHE).
 set -euo pipefail
+# shellcheck source=/dev/null
+source "$(dirname "$0")/../tools/go-wrapper.sh"
 
 version=${1:?usage: build-kubernetes.sh <version> <dir>}
 dir=${2:?usage: build-kubernetes.sh <version> <dir>}
@@ -70,13 +72,7 @@ mkdir -p "$wrap" "$bin"
     for c in "${cmds[@]}"; do printf '\tk8s.io/kubernetes/cmd/%s\n' "$c"; done
     echo ")"
 } > "$wrap/go.mod.in.new"
-# go.mod.in keeps what was generated (go mod tidy rewrites go.mod): start afresh when it changes.
-if ! cmp -s "$wrap/go.mod.in.new" "$wrap/go.mod.in" || [ ! -f "$wrap/go.mod" ]; then
-    cp "$wrap/go.mod.in.new" "$wrap/go.mod"
-    rm -f "$wrap/go.sum"
-fi
-mv "$wrap/go.mod.in.new" "$wrap/go.mod.in"
-(cd "$wrap" && go mod tidy)
+tidy_wrapper "$wrap"
 
 # --- the build ------------------------------------------------------------------------
 ldflags="-s -w"

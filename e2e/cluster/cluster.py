@@ -77,7 +77,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import images
 import node as node_mod
 import pki
-from processes import (  # ClusterError, alive: tests use them from here
+from processes import (  # ClusterError, alive, processes_naming: tests use them from here
     ClusterError,
     Daemon,
     alive,

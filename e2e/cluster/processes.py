@@ -155,6 +155,22 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def processes_naming(text: str) -> list[str]:
+    """Command lines of live processes (but this one) with ``text`` in an argument: what
+    a test checks is gone once a harness stopped."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if alive(int(entry.name)) and any(text.encode() in arg for arg in argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie has exited)."""
     try:

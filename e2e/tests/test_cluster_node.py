@@ -84,21 +84,6 @@ def _host_snapshot(state: Path) -> dict[str, Any]:
     }
 
 
-def _processes_naming(text: str) -> list[str]:
-    """Command lines of live processes whose arguments contain ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if harness.alive(int(entry.name)) and any(text.encode() in a for a in argv):
-            found.append(b" ".join(argv).decode(errors="replace"))
-    return found
-
-
 def _loops_under(state: Path) -> list[str]:
     found = []
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
@@ -333,7 +318,7 @@ def test_down_leaves_nothing(node_cluster: NodeCluster) -> None:
     node_cluster.notes.append(f"{'cluster.py down':<40} {time.monotonic() - started:7.1f}")
     assert node_cluster.down.returncode == 0, node_cluster.down.stdout + node_cluster.down.stderr
     assert not state.exists()
-    assert _processes_naming(str(state)) == []
+    assert harness.processes_naming(str(state)) == []
     assert node.cgroup_processes(node.CGROUP_ROOT) == set()
     assert _loops_under(state) == []
     after = _host_snapshot(state)

@@ -22,6 +22,8 @@
 # under its real name. Nothing is done when every binary is already there.
 # Go's caches come from the environment (the Makefile sets GOMODCACHE/GOCACHE).
 set -euo pipefail
+# shellcheck source=/dev/null
+source "$(dirname "$0")/go-wrapper.sh"
 
 usage="usage: build-go-tool.sh [-X VAR]... <module> <version> <dir> <package>..."
 xvars=()
@@ -112,13 +114,7 @@ else
         printf '\t%s\n' "${pkgs[@]}"
         echo ")"
     } > "$wrap/go.mod.in.new"
-    # go.mod.in keeps what was generated (go mod tidy rewrites go.mod): start afresh when it changes.
-    if ! cmp -s "$wrap/go.mod.in.new" "$wrap/go.mod.in" || [ ! -f "$wrap/go.mod" ]; then
-        cp "$wrap/go.mod.in.new" "$wrap/go.mod"
-        rm -f "$wrap/go.sum"
-    fi
-    mv "$wrap/go.mod.in.new" "$wrap/go.mod.in"
-    (cd "$wrap" && go mod tidy)
+    tidy_wrapper "$wrap"
     (cd "$wrap" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${todo[@]}")
 fi
 

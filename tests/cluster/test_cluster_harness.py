@@ -25,21 +25,6 @@ def _kubectl(plane: Any, *args: str, check: bool = True) -> subprocess.Completed
                           check=check)  # fmt: skip
 
 
-def _processes_naming(text: str) -> list[str]:
-    """Command lines of live processes whose arguments contain ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(text.encode() in arg for arg in argv):
-            found.append(b" ".join(argv).decode(errors="replace"))
-    return found
-
-
 def test_etcd_put_get_and_etcdctl(etcd_server: Any) -> None:
     key = f"/harness-test/{uuid.uuid4().hex}"
     etcd_server.put(key, "value-1")
@@ -131,7 +116,7 @@ def test_cluster_up_and_down_leave_nothing(tmp_path: Path) -> None:
         down = script("down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert not state.exists()
-    assert _processes_naming(str(state)) == []
+    assert harness.processes_naming(str(state)) == []
     for pid in recorded["pids"].values():
         assert not Path(f"/proc/{pid}").exists() or harness._alive(pid) is False
 
