@@ -72,9 +72,10 @@ containerd-binaries:
 # image (and every *.tar in $(CLUSTER_IMAGES)) imported. `source $(CLUSTER_STATE)/env` gives
 # KUBECONFIG, KUBECTL, ETCD_ENDPOINT, CONTAINERD_ADDRESS, CTR, KUBELET_DIR, NODE_NAME,
 # KUBE_API_HOST, KUBE_API_PORT, CLUSTER_STATE and HOST_DATA_DIR.
-cluster-up: etcd-deps node-deps kube-binaries containerd-binaries
+cluster-up: etcd-deps node-deps kube-binaries containerd-binaries helm
 	@$(PYTHON) e2e/cluster/cluster.py up --state-dir $(CLUSTER_STATE) --kube-bin $(KUBE_BIN) \
 	  --node --containerd-bin $(CONTAINERD_BIN) $(if $(CLUSTER_IMAGES),--images $(CLUSTER_IMAGES))
+	@echo "export HELM=$(HELM)" >> $(CLUSTER_STATE)/env
 
 # Deletes the pods, stops only the processes cluster-up recorded, unmounts, removes the
 # bridge, the cgroups and host paths the node created, then $(CLUSTER_STATE).
