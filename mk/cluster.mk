@@ -13,8 +13,9 @@ NODE_APT_PACKAGES := runc containernetworking-plugins gcc libc6-dev busybox-stat
 CONTAINERD_BIN := $(HOME)/.cache/csi-driver/containerd-$(CONTAINERD_VERSION)/bin
 CONTAINERD_CMDS := containerd containerd-shim-runc-v2 ctr
 # A directory of image archives (*.tar) `make cluster-up` imports into the node besides
-# the pause image (none by default; `cluster.py import` adds images to a running node).
-CLUSTER_IMAGES ?=
+# the pause image: by default what `make images` exported, when it did (`make images`
+# also imports into a running node through `cluster.py import`).
+CLUSTER_IMAGES ?= $(wildcard $(HOME)/.cache/csi-driver/images)
 # $(HOME), not $(GO_CACHE): mk/csi.mk is included after this file.
 KUBE_DIR     := $(HOME)/.cache/csi-driver/kubernetes-$(KUBE_VERSION)
 KUBE_BIN     := $(KUBE_DIR)/bin
