@@ -376,6 +376,12 @@ def test_a_claim_whose_creator_died_is_healed(request: pytest.FixtureRequest, pl
         assert ids(store.get_volumes(name="pvc-1")) == ["v1"]
         # a claim bound to a record that is gone (deleted without releasing it)
         store._request("DELETE", store._path("csivolumes", "v1"))
+        # A raw DELETE is another writer's as far as the store knows: its filtered reads
+        # (the API server's watch cache) show it a moment later, under load not at once.
+        deadline = time.monotonic() + 10
+        while store.get_volumes(name="pvc-1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.get_volumes(name="pvc-1") == []
         started = time.monotonic()
         store.create_unique(VOLUME, vol("v2", name="pvc-1"))
         assert time.monotonic() - started < 1
