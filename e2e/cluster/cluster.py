@@ -84,6 +84,7 @@ from processes import (  # ClusterError, alive, processes_naming: tests use them
     free_ports,
     wait_for,
 )
+from processes import processes_naming as processes_naming  # re-exported for the tests
 
 _alive = alive  # the name the tests know
 
