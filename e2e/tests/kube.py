@@ -64,11 +64,21 @@ class Kubectl(Tool):
         text = yaml.safe_dump_all(objects, sort_keys=False)
         self.run("apply", "-n", self.namespace, "-f", "-", stdin=text)
 
-    def get(self, kind: str, name: str | None = None, *, namespaced: bool = True) -> Any:
+    def _scope(self, namespaced: bool, namespace: str | None) -> list[str]:
+        """``-n`` for a namespaced kind: ``namespace``, else the default one."""
+        return ["-n", namespace or self.namespace] if namespaced else []
+
+    def get(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        namespaced: bool = True,
+        namespace: str | None = None,
+    ) -> Any:
         """The object (or the list when ``name`` is None), None when it does not exist."""
         args = ["get", kind, *([name] if name else []), "-o", "json"]
-        if namespaced:
-            args += ["-n", self.namespace]
+        args += self._scope(namespaced, namespace)
         done = self.run(*args, check=False)
         if done.returncode != 0:
             if "NotFound" in done.stderr or "not found" in done.stderr:
@@ -77,9 +87,15 @@ class Kubectl(Tool):
         data = json.loads(done.stdout)
         return data["items"] if name is None else data
 
-    def names(self, kind: str, *, namespaced: bool = True, selector: str = "") -> list[str]:
-        args = ["get", kind, "-o", "name"]
-        args += ["-n", self.namespace] if namespaced else []
+    def names(
+        self,
+        kind: str,
+        *,
+        namespaced: bool = True,
+        namespace: str | None = None,
+        selector: str = "",
+    ) -> list[str]:
+        args = ["get", kind, "-o", "name", *self._scope(namespaced, namespace)]
         args += ["-l", selector] if selector else []
         return [n for n in self.run(*args).stdout.split() if n]
 

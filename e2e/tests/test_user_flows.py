@@ -96,11 +96,7 @@ def backend_files(host_dir: Path) -> dict[str, int]:
 
 def records(kubectl: Kubectl) -> dict[str, list[str]]:
     """The plugin's metadata records (its CRD objects) in the release namespace."""
-    found = {}
-    for kind in RECORD_KINDS:
-        done = kubectl.run("get", kind, "-n", RELEASE_NAMESPACE, "-o", "name")
-        found[kind] = done.stdout.split()
-    return found
+    return {kind: kubectl.names(kind, namespace=RELEASE_NAMESPACE) for kind in RECORD_KINDS}
 
 
 # -- the flow ---------------------------------------------------------------------------
@@ -111,15 +107,10 @@ def test_install_brings_up_controller_and_node(
         ("deployment", f"{RELEASE}-controller"),
         ("deployment", f"{RELEASE}-snapshot-controller"),
     ):
-        obj = kubectl.run("get", kind, name, "-n", RELEASE_NAMESPACE, "-o", "json").stdout
-        status = json.loads(obj)["status"]
-        want = json.loads(obj)["spec"]["replicas"]
-        assert status.get("readyReplicas") == want, f"{kind} {name}: {status}"
-    daemonset = json.loads(
-        kubectl.run(
-            "get", "daemonset", f"{RELEASE}-node", "-n", RELEASE_NAMESPACE, "-o", "json"
-        ).stdout
-    )["status"]
+        obj = kubectl.get(kind, name, namespace=RELEASE_NAMESPACE)
+        status = obj["status"]
+        assert status.get("readyReplicas") == obj["spec"]["replicas"], f"{kind} {name}: {status}"
+    daemonset = kubectl.get("daemonset", f"{RELEASE}-node", namespace=RELEASE_NAMESPACE)["status"]
     assert daemonset.get("numberReady") == daemonset.get("desiredNumberScheduled") == 1, daemonset
 
     node = cluster["NODE_NAME"]
@@ -238,9 +229,8 @@ def test_claim_expanded_while_mounted(release: dict[str, Any], kubectl: Kubectl)
 
 def test_controller_pod_killed_mid_flow(release: dict[str, Any], kubectl: Kubectl) -> None:
     lease = DRIVER.replace(".", "-")
-    holder = kubectl.run(
-        "get", "lease", lease, "-n", RELEASE_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"
-    ).stdout.strip()
+    spec = (kubectl.get("lease", lease, namespace=RELEASE_NAMESPACE) or {}).get("spec", {})
+    holder = spec.get("holderIdentity")
     assert holder, f"no provisioner lease {lease} holder"
     kubectl.apply(claim("survivor", FILE_CLASS, "1Gi"), snapshot("survivor-snap", "data"))
     kubectl.run("delete", "pod", holder, "-n", RELEASE_NAMESPACE, "--wait=false")
@@ -248,10 +238,8 @@ def test_controller_pod_killed_mid_flow(release: dict[str, Any], kubectl: Kubect
     snapshot_ready(kubectl, "survivor-snap", timeout=300)
 
     def controller_back() -> bool:
-        dep = kubectl.run(
-            "get", "deployment", f"{RELEASE}-controller", "-n", RELEASE_NAMESPACE, "-o", "json"
-        ).stdout
-        status = json.loads(dep)["status"]
+        dep = kubectl.get("deployment", f"{RELEASE}-controller", namespace=RELEASE_NAMESPACE)
+        status = dep["status"]
         return status.get("readyReplicas") == 2 and status.get("updatedReplicas") == 2
 
     kubectl.wait_for("controller Deployment 2/2 ready again", controller_back, timeout=240)
@@ -360,30 +348,28 @@ def test_uninstall_leaves_nothing(
 
     def remaining() -> list[str]:
         kinds = "all,configmaps,secrets,serviceaccounts,roles,rolebindings,leases"
-        names = kubectl.names(kinds, selector=instance)
+        names = kubectl.names(kinds, namespace=RELEASE_NAMESPACE, selector=instance)
         cluster_kinds = "clusterroles,clusterrolebindings,csidrivers,storageclasses"
         names += kubectl.names(cluster_kinds, namespaced=False, selector=instance)
         crds = kubectl.names("crd", namespaced=False)
         names += [c for c in crds if "metadata.csi-driver.dev" in c]
         return names
 
-    # `kubectl.names` with the release namespace: point it there for this check.
-    kubectl.namespace = RELEASE_NAMESPACE
-    try:
-        kubectl.wait_for(
-            "nothing of the release left",
-            lambda: not remaining(),
-            timeout=120,
-            explain=lambda: f"left: {remaining()}",
-        )
-        kubectl.wait_for(
-            "release pods gone",
-            lambda: not kubectl.names("pods"),
-            timeout=120,
-            explain=lambda: f"left: {kubectl.names('pods')}",
-        )
-    finally:
-        kubectl.namespace = "e2e"
+    def release_pods() -> list[str]:
+        return kubectl.names("pods", namespace=RELEASE_NAMESPACE)
+
+    kubectl.wait_for(
+        "nothing of the release left",
+        lambda: not remaining(),
+        timeout=120,
+        explain=lambda: f"left: {remaining()}",
+    )
+    kubectl.wait_for(
+        "release pods gone",
+        lambda: not release_pods(),
+        timeout=120,
+        explain=lambda: f"left: {release_pods()}",
+    )
     # Helm never deletes a chart's crds/ (the VolumeSnapshot CRDs, shared by every CSI
     # driver's snapshots): the README's last step removes them.
     snapshot_crds = [c for c in kubectl.names("crd", namespaced=False) if "snapshot.storage" in c]
