@@ -335,6 +335,39 @@ def test_a_lost_answer_is_settled_by_reading_the_write_back(store: KubernetesSto
     assert ids(store.get_volumes()) == ["v2"]
 
 
+@pytest.mark.parametrize("answer", ["lost", "kept"])
+def test_a_deleted_record_is_not_read_back_from_an_older_cache(
+    store: KubernetesStore, answer: str
+) -> None:
+    """A delete answers with a Status, not the resourceVersion it made (and a lost
+    answer with nothing): the store's next filtered read must still ask the API
+    server's cache for a version at least that new, else the record may show again."""
+    store.set_volume(vol("v1"))
+    store.set_volume(vol("v2"))
+    real = store._request
+    deletes: list[str] = []
+    asked_for: list[int] = []
+
+    def request(method: str, path: str, **kwargs: Any) -> Any:
+        result = real(method, path, **kwargs)
+        if method == "DELETE" and not deletes:
+            deletes.append(path)
+            if answer == "lost":
+                raise _Maybe(StoreUnavailable("test: answer lost"))
+        query = dict(kwargs.get("query") or ())
+        if method == "GET" and query.get("resourceVersionMatch") == "NotOlderThan":
+            asked_for.append(int(query["resourceVersion"]))
+        return result
+
+    store._request = request  # type: ignore[method-assign]
+    store.delete_volume("v1")
+    # the server's revision now is at least the delete's
+    now = int(real("GET", store._path("csivolumes"), query=[("limit", 1)])[1]["metadata"]
+              ["resourceVersion"])  # fmt: skip
+    assert ids(store.get_volumes()) == ["v2"]
+    assert deletes and asked_for and asked_for[0] >= now
+
+
 def test_an_in_doubt_write_is_undone_when_the_server_answers_again(
     store: KubernetesStore,
 ) -> None:

@@ -66,6 +66,7 @@ class KubeApi:
     _cache: OrderedDict[str, _Obj]
     _cache_size: int
     _seen: dict[str, int]
+    _unsure: dict[str, int]
     _last_seq: int
 
     # -- HTTP ------------------------------------------------------------------
@@ -83,6 +84,26 @@ class KubeApi:
         Raises StoreUnavailable when the server cannot be reached, or ``_Maybe``
         when a write's answer was lost; StoreError for the other refusals.
         """
+        if method != "DELETE":
+            return self._send(method, path, query, body, passthrough)
+        try:
+            return self._send(method, path, query, body, passthrough)
+        finally:
+            # A delete answers with a Status, not the resourceVersion it made (nor
+            # anything when its answer is lost): the next filtered read of the kind
+            # learns the present version first, so it does not show the record again.
+            resource = path[len(self._base) :].split("/", 1)[0]
+            with self._lock:
+                self._unsure[resource] = self._unsure.get(resource, 0) + 1
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]] | None,
+        body: dict[str, Any] | None,
+        passthrough: tuple[int, ...],
+    ) -> tuple[int, dict[str, Any]]:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -196,11 +217,24 @@ class KubeApi:
             if rv > self._seen.get(resource, 0):
                 self._seen[resource] = rv
 
+    def _catch_up(self, resource: str) -> None:
+        """Note the newest resourceVersion of ``resource``: a one-item quorum list
+        answers with it. Deletes sent meanwhile leave the kind unsure."""
+        with self._lock:
+            deletes = self._unsure.get(resource, 0)
+        status, data = self._request("GET", self._path(resource), query=[("limit", 1)])
+        if status in _OK and isinstance(data, dict):
+            self._saw(self._path(resource), data)
+            with self._lock:
+                if self._unsure.get(resource) == deletes:
+                    del self._unsure[resource]
+
     def _list_all(self, resource: str, selector: str) -> list[_Obj]:
         """Every object of ``resource`` the selector matches.
 
         Read from the API server's watch cache, once it has caught up with the
-        newest version of an object of that kind this process wrote or read: a
+        newest version of an object of that kind this process wrote or read (after
+        a delete, which answers without its version, the server's present one): a
         filtered read then costs what it returns, where a quorum read makes the
         API server read and decode every object of the kind from etcd (unless
         etcd >= 3.5.13 lets it serve consistent lists from the cache itself).
@@ -208,6 +242,10 @@ class KubeApi:
         once the watch cache has it (milliseconds later, as every controller
         built on informers sees the cluster).
         """
+        with self._lock:
+            unsure = self._unsure.get(resource, 0)
+        if unsure:
+            self._catch_up(resource)
         with self._lock:
             seen = self._seen.get(resource, 0)
         query: list[tuple[str, Any]] = [
