@@ -208,12 +208,18 @@ def busybox_image(
     *,
     name: str = "busybox",
     extra: dict[str, Path] | None = None,
+    ref: str | None = None,
+    entrypoint: Sequence[str] | None = None,
+    cmd: Sequence[str] = ("sh",),
 ) -> Image:
     """A busybox userland image (sh as its command), packed on the first call.
 
     ``extra`` adds executables: image path (``usr/local/bin/kubectl``) -> host file; a
     static one runs as is (e.g. kubectl, to call the API server the way a pod's client
-    does: busybox's wget cannot, its TLS offers only SHA-1 signatures).
+    does: busybox's wget cannot, its TLS offers only SHA-1 signatures); one at
+    ``bin/<applet>`` replaces that applet. ``ref``: the
+    reference to import it as (default ``<REPOSITORY>/<name>:<digest>``), for a test
+    suite that asks for fixed names; ``entrypoint`` and ``cmd`` as in an image config.
     """
     extra = extra or {}
     try:
@@ -221,8 +227,10 @@ def busybox_image(
         added = {path.strip("/"): source.read_bytes() for path, source in sorted(extra.items())}
     except OSError as exc:
         raise ImageError(f"{exc}; run 'make node-deps' (busybox-static)") from None
-    tag = _tag(binary, *(p.encode() + b"\0" + data for p, data in added.items()))
-    image = Image(cache_dir / f"{name}-{tag}.tar", f"{REPOSITORY}/{name}:{tag}")
+    config = _json({"ref": ref, "entrypoint": entrypoint, "cmd": list(cmd)})
+    parts = (p.encode() + b"\0" + data for p, data in added.items())
+    tag = _tag(binary, *parts, *([config] if ref or entrypoint or cmd != ("sh",) else []))
+    image = Image(cache_dir / f"{name}-{tag}.tar", ref or f"{REPOSITORY}/{name}:{tag}")
     if image.archive.exists():
         return image
     listed = subprocess.run([str(busybox), "--list"], capture_output=True, text=True,
@@ -237,11 +245,17 @@ def busybox_image(
     for path, data in added.items():
         layer.file(path, data, 0o755)
     for applet in sorted(set(listed) - {"busybox"}):
-        layer.symlink(f"bin/{applet}", "busybox")
+        if f"bin/{applet}" not in added:  # an added program replaces the applet
+            layer.symlink(f"bin/{applet}", "busybox")
     layer.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
     layer.file("etc/group", b"root:x:0:\nnogroup:x:65534:\n")
     write_oci_archive(
-        image.archive, image.ref, layer.close(), cmd=["sh"], env=("PATH=/usr/local/bin:/bin",)
+        image.archive,
+        image.ref,
+        layer.close(),
+        entrypoint=entrypoint,
+        cmd=cmd,
+        env=("PATH=/usr/local/bin:/bin",),
     )
     return image
 

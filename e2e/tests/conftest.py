@@ -36,9 +36,8 @@ REPO = E2E_DIR.parent
 sys.path[:0] = [p for p in (str(E2E_DIR / "tests"),) if p not in sys.path]
 
 from kube import Kubectl, Tool, save_logs  # noqa: E402
+from release import RELEASE, RELEASE_NAMESPACE, cluster_overrides, node_state_dir, volumes_dir  # noqa: E402
 
-RELEASE = "csi-driver"
-RELEASE_NAMESPACE = "csi-driver"
 WORK_NAMESPACE = "e2e"
 VALUES = E2E_DIR / "values" / "single-node.yaml"
 ARTIFACTS = E2E_DIR / ".artifacts"
@@ -113,9 +112,7 @@ def helm(cluster: dict[str, str], tool_env: dict[str, str]) -> Tool:
 @pytest.fixture(scope="session")
 def host_dir(cluster: dict[str, str]) -> Path:
     """Host directory the release's FileDriver keeps its volumes in."""
-    path = Path(cluster["HOST_DATA_DIR"]) / "volumes"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return volumes_dir(cluster)
 
 
 @pytest.fixture(scope="session")
@@ -149,23 +146,11 @@ def release(
         f"--from-file=ceph.conf={client_dir / 'ceph.conf'}",
         f"--from-file=keyring={client_dir / 'keyring'}",
     )  # fmt: skip
-    node_state = Path(cluster["HOST_DATA_DIR"]) / "node-state"
-    overrides = {
-        "kubeletDir": cluster["KUBELET_DIR"],
-        "kubernetesAPI.host": cluster["KUBE_API_HOST"],
-        "kubernetesAPI.port": cluster["KUBE_API_PORT"],
-        "hostDirectories[0]": str(host_dir),
-        "config.backends[0].options.file_volumes_dir": str(host_dir),
-        "config.node.local_roots[0]": str(host_dir),
-        "node.stateDir": str(node_state),
-        "node.iscsiDir": str(Path(cluster["HOST_DATA_DIR"]) / "iscsi"),
-        "node.multipathDir": str(Path(cluster["HOST_DATA_DIR"]) / "multipath"),
-    }
     started = time.monotonic()
     helm.run(
         "install", RELEASE, str(REPO / "charts" / "csi-driver"),
         "--namespace", RELEASE_NAMESPACE, "-f", str(VALUES),
-        *[arg for key, value in overrides.items() for arg in ("--set-string", f"{key}={value}")],
+        *cluster_overrides(cluster),
         # Every volume is deleted before the uninstall: nothing to keep.
         "--set", "crds.keepOnUninstall=false",
         "--wait", "--timeout", "5m",
@@ -173,7 +158,7 @@ def release(
     )  # fmt: skip
     info = {
         "host_dir": host_dir,
-        "node_state": node_state,
+        "node_state": node_state_dir(cluster),
         "installed_in": time.monotonic() - started,
         "uninstalled": False,
     }

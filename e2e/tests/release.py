@@ -1,0 +1,44 @@
+"""The chart's install on the single-node cluster: what `make e2e` and
+`make e2e-storage-suite` both set on top of their values file.
+
+Why: the cluster harness puts the kubelet, the host data directory and the API server
+where a temporary state directory says; the chart's host paths and API address must
+follow it, the same way for every suite that installs the chart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RELEASE = "csi-driver"
+RELEASE_NAMESPACE = "csi-driver"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "csi-driver"
+
+
+def volumes_dir(cluster: dict[str, str]) -> Path:
+    """Host directory the release's FileDriver keeps its volumes in (made here)."""
+    path = Path(cluster["HOST_DATA_DIR"]) / "volumes"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def node_state_dir(cluster: dict[str, str]) -> Path:
+    return Path(cluster["HOST_DATA_DIR"]) / "node-state"
+
+
+def cluster_overrides(cluster: dict[str, str]) -> list[str]:
+    """``--set-string`` arguments placing the chart's host paths and API address on
+    the harness's cluster (its env file's values)."""
+    host_dir = volumes_dir(cluster)
+    overrides = {
+        "kubeletDir": cluster["KUBELET_DIR"],
+        "kubernetesAPI.host": cluster["KUBE_API_HOST"],
+        "kubernetesAPI.port": cluster["KUBE_API_PORT"],
+        "hostDirectories[0]": str(host_dir),
+        "config.backends[0].options.file_volumes_dir": str(host_dir),
+        "config.node.local_roots[0]": str(host_dir),
+        "node.stateDir": str(node_state_dir(cluster)),
+        "node.iscsiDir": str(Path(cluster["HOST_DATA_DIR"]) / "iscsi"),
+        "node.multipathDir": str(Path(cluster["HOST_DATA_DIR"]) / "multipath"),
+    }
+    return [arg for key, value in overrides.items() for arg in ("--set-string", f"{key}={value}")]
