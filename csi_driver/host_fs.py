@@ -560,6 +560,43 @@ def resize_filesystem(device: str, mount_point: str, fstype: str) -> None:
         )
 
 
+def filesystem_size(device: str, fstype: str, mount_point: str = "") -> int:
+    """Bytes the filesystem spans (not what statvfs shows free or total after its own
+    metadata): ext* from its superblock, xfs from the mounted filesystem's geometry."""
+    if fstype in ("ext3", "ext4"):
+        out = _run(["dumpe2fs", "-h", device], device).stdout
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (line.partition(":") for line in out.splitlines())
+        )
+        try:
+            return int(fields["Block count"]) * int(fields["Block size"])
+        except (KeyError, ValueError) as exc:
+            raise HostError(f"'dumpe2fs -h {device}' gave no block count and size") from exc
+    if fstype == "xfs":
+        out = _run(["xfs_info", mount_point], f"{device} mounted on {mount_point}").stdout
+        for line in out.splitlines():
+            if line.startswith("data"):
+                words = dict(w.split("=", 1) for w in line.split() if "=" in w)
+                try:
+                    return int(words["bsize"]) * int(words["blocks"].rstrip(","))
+                except (KeyError, ValueError):
+                    break
+        raise HostError(f"'xfs_info {mount_point}' gave no data section size")
+    raise HostError(f"cannot size {fstype!r} on {device}")
+
+
+def grow_unmounted_ext(device: str) -> None:
+    """Grow an unmounted ext3/ext4 filesystem to its device. resize2fs refuses an
+    unmounted filesystem not checked since its last mount, so e2fsck -f -p (fixes
+    only what is safe without asking) runs first. Offline growth needs no
+    CAP_SYS_RESOURCE, which online ext4 growth does."""
+    # e2fsck: 0 clean, 1 errors corrected; 2 would need a reboot (not for an unmounted
+    # device); 4 and up left errors or failed.
+    _run(["e2fsck", "-f", "-p", device], device, timeout=LONG_TIMEOUT, ok_codes=(0, 1))
+    _run(["resize2fs", device], device, timeout=LONG_TIMEOUT)
+
+
 def block_device_size(device: str) -> int:
     """The size of a block device in bytes, as the kernel currently sees it."""
     proc = _run(["blockdev", "--getsize64", device], device)

@@ -47,6 +47,19 @@ def _volume_lock(request: Any) -> list[str]:
     return [f"volume:{request.volume_id}"] if request.volume_id else []
 
 
+#: Less than this between filesystem and device is mkfs rounding, not a grown volume.
+_GROWTH_SLACK = 1 << 20
+
+
+def _smaller_than_device(record: dict[str, Any], device: str, fs_size: int) -> bool:
+    device_size = host_fs.block_device_size(device)
+    if device_size - fs_size < _GROWTH_SLACK:
+        return False
+    LOG.info("volume %s: its %s filesystem spans %d of the device's %d bytes; growing it",
+             record["volume_id"], record["fs_type"], fs_size, device_size)  # fmt: skip
+    return True
+
+
 @rpc.answer_unimplemented
 class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, config: PluginConfig, mode: str = "node") -> None:
@@ -189,6 +202,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     _refuse_foreign_mount(staging, "staging_target_path")
                     record["fs_type"] = self._format_if_blank(record, device, request, access)
                     crash_points.reach("node_stage.after-mkfs")
+                    made_here = "formatting" in record
+                    if not made_here and not access.read_only:
+                        self._grow_ext_to_device(record, device)
                     options = list(request.volume_capability.mount.mount_flags)
                     if access.read_only:
                         options.append("ro")
@@ -198,6 +214,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                         options.append("nouuid")
                     host_fs.mount(device, staging, record["fs_type"], options)
                     crash_points.reach("node_stage.after-mount")
+                    if record["fs_type"] == "xfs" and not made_here and not access.read_only:
+                        self._grow_xfs_to_device(record, device, staging)
                 if not record.get("fs_type"):
                     record["fs_type"] = host_fs.mountinfo(staging)["fstype"]  # type: ignore[index]
             record["state"] = STAGED
@@ -245,6 +263,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             f"volume {volume_id} holds {found}, not "
             f"{requested or 'a supported filesystem'}; it is never reformatted"
         )
+
+    # A volume restored from a snapshot (or cloned) into a larger size has a grown device
+    # but its source's filesystem size: it is grown when staged writable, as kubelet
+    # expects of a driver (nothing calls NodeExpandVolume for it).
+    def _grow_ext_to_device(self, record: dict[str, Any], device: str) -> None:
+        """Before mounting: ext filesystems grow unmounted (see grow_unmounted_ext)."""
+        if record["fs_type"] in ("ext3", "ext4") and _smaller_than_device(
+            record, device, host_fs.filesystem_size(device, record["fs_type"])
+        ):
+            host_fs.grow_unmounted_ext(device)
+
+    def _grow_xfs_to_device(self, record: dict[str, Any], device: str, staging: str) -> None:
+        """After mounting: xfs grows only mounted."""
+        if _smaller_than_device(record, device, host_fs.filesystem_size(device, "xfs", staging)):
+            host_fs.resize_filesystem(device, staging, "xfs")
 
     def _abandon(self, record: dict[str, Any]) -> None:
         """Undo a stage refused half-way (wrong filesystem, read-only blank volume...):

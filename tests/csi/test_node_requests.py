@@ -71,7 +71,9 @@ class NodeVolume:
     """One volume: created, exported to this node, staged and published on request;
     ``cleanup`` undoes whatever was done, in the order a CO would."""
 
-    def __init__(self, csi: Plugin, workdir: Path, block: bool = False, fs_type: str = "") -> None:
+    def __init__(
+        self, csi: Plugin, workdir: Path, block: bool = False, fs_type: str = "", **create: Any
+    ) -> None:
         self.csi = csi
         self.block = block
         self.fs_type = fs_type
@@ -81,7 +83,7 @@ class NodeVolume:
         self.staged = False
         self.node_id = csi.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest()).node_id
         created = csi.controller.CreateVolume(
-            create_request(unique("node"), volume_capabilities=[self.capability()]),
+            create_request(unique("node"), volume_capabilities=[self.capability()], **create),
             timeout=TIMEOUT,
         )
         self.volume_id = created.volume.volume_id
@@ -201,8 +203,8 @@ def volumes(csi_plugin: Plugin, tmp_path: Path) -> Iterator[Callable[..., NodeVo
     made: list[NodeVolume] = []
     USED_PATHS.append(tmp_path)
 
-    def make(block: bool = False, fs_type: str = "") -> NodeVolume:
-        volume = NodeVolume(csi_plugin, tmp_path, block=block, fs_type=fs_type)
+    def make(block: bool = False, fs_type: str = "", **create: Any) -> NodeVolume:
+        volume = NodeVolume(csi_plugin, tmp_path, block=block, fs_type=fs_type, **create)
         made.append(volume)
         return volume
 
@@ -629,6 +631,62 @@ def test_expand_grows_a_published_filesystem(
     total_after = usage(volume.stats(target))[Unit.BYTES].total
     assert total_after > total_before + GiB // 2
     assert (target / "kept.txt").read_text() == "before growth"
+
+
+@pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
+@pytest.mark.parametrize("source", ["snapshot", "clone"])
+def test_a_filesystem_restored_into_a_larger_volume_fills_it(
+    volumes: Callable[..., NodeVolume], tmp_path: Path, fs_type: str, source: str
+) -> None:
+    """A volume made from a 1 GiB one at 2 GiB holds its source's 1 GiB filesystem;
+    staging it writable grows the filesystem (ext4 unmounted, xfs mounted), keeping the
+    data; kubelet calls no NodeExpandVolume for it."""
+    if shutil.which("xfs_growfs") is None:
+        pytest.skip("xfs_growfs is missing")
+    original = volumes(fs_type=fs_type)
+    original.stage()
+    target = original.publish(tmp_path / "original")
+    (target / "kept.txt").write_text("from the source")
+    original_total = usage(original.stats(target))[Unit.BYTES].total
+    original.unpublish(target)
+    original.unstage()
+    controller = original.csi.controller
+    snapshot_id = ""
+    if source == "snapshot":
+        snapshot_id = controller.CreateSnapshot(
+            csi_pb2.CreateSnapshotRequest(
+                source_volume_id=original.volume_id, name=unique("restore")
+            ),
+            timeout=TIMEOUT,
+        ).snapshot.snapshot_id
+        content = csi_pb2.VolumeContentSource(
+            snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snapshot_id)
+        )
+    else:
+        content = csi_pb2.VolumeContentSource(
+            volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=original.volume_id)
+        )
+    try:
+        restored = volumes(fs_type=fs_type, size=2 * GiB, volume_content_source=content)
+        restored.stage()
+        target = restored.publish(tmp_path / "restored")
+
+        assert (target / "kept.txt").read_text() == "from the source"
+        total = usage(restored.stats(target))[Unit.BYTES].total
+        assert total > original_total + GiB // 2, (original_total, total)
+        device = host_fs.mountinfo(str(restored.staging))["source"]  # type: ignore[index]
+        assert host_fs.block_device_size(device) == 2 * GiB
+        # staged again (e.g. after a node restart) nothing is grown twice
+        restored.unpublish(target)
+        restored.unstage()
+        restored.stage()
+        target = restored.publish(tmp_path / "restored-again")
+        assert usage(restored.stats(target))[Unit.BYTES].total == total
+    finally:
+        if snapshot_id:  # before the fixture deletes its volume
+            controller.DeleteSnapshot(
+                csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot_id), timeout=TIMEOUT
+            )
 
 
 def test_unstage_while_published_is_failed_precondition(
