@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,8 @@ SUITE_DIR = Path(__file__).resolve().parent
 E2E_DIR = SUITE_DIR.parent
 sys.path[:0] = [p for p in (str(E2E_DIR / "tests"), str(SUITE_DIR)) if p not in sys.path]
 
-from kube import Kubectl, Tool, save_logs  # noqa: E402
-from release import CHART, RELEASE, RELEASE_NAMESPACE, cluster_overrides  # noqa: E402
+from kube import Kubectl, Tool, save_cluster_logs  # noqa: E402
+from release import CHART, RELEASE, RELEASE_NAMESPACE, cluster_overrides, read_env  # noqa: E402
 from subsets import SKIPPED, SUBSETS, skip_pattern  # noqa: E402
 
 DRIVER = SUITE_DIR / "driver.yaml"
@@ -131,13 +130,20 @@ def _with_libraries(programs: dict[str, str]) -> dict[str, Path]:
 
 
 def ginkgo_command(
-    e2e_bin: Path, env: dict[str, str], out: Path, procs: int, skip: str, dry_run: bool
+    e2e_bin: Path,
+    env: dict[str, str],
+    out: Path,
+    procs: int,
+    subset: str | None,
+    dry_run: bool,
 ) -> list[str]:
+    # ginkgo ORs its --focus flags: a subset's specs are each External.Storage ones.
+    focus = [f"{FOCUS}.*{spec}" for spec in SUBSETS[subset]] if subset else [FOCUS]
     command = [
         str(e2e_bin / "ginkgo"),
         f"--procs={procs}",
-        f"--focus={FOCUS}",
-        f"--skip={skip}",
+        *(f"--focus={pattern}" for pattern in focus),
+        f"--skip={skip_pattern()}",
         "--timeout=4h",
         "--no-color",
         f"--junit-report={out / 'junit.xml'}",
@@ -201,36 +207,11 @@ def _run(command: Sequence[str], timeout: float = 900) -> None:
         raise RuntimeError(f"{shlex.join(command)} failed: {(done.stderr or done.stdout)[-3000:]}")
 
 
-def _read_env(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            key, _, value = words[1].partition("=")
-            values[key] = value
-    return values
-
-
-def _save_logs(kubectl: Kubectl | None, state: Path, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    if kubectl is not None:
-        try:
-            save_logs(kubectl, folder / "pods")
-        except Exception as exc:  # the cluster may be what failed
-            (folder / "pods-error.txt").write_text(f"could not collect pod logs: {exc}\n")
-    for logs in state.glob("**/logs"):
-        if logs.is_dir():
-            shutil.copytree(logs, folder / logs.relative_to(state), dirs_exist_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    skip = skip_pattern(args.subset)
     if args.dry_run:
-        command = ginkgo_command(args.e2e_bin, {}, out, 1, skip, dry_run=True)
-        if args.subset:
-            command[3:3] = [f"--focus={pattern}" for pattern in SUBSETS[args.subset]]
+        command = ginkgo_command(args.e2e_bin, {}, out, 1, args.subset, dry_run=True)
         return subprocess.run(command, check=False).returncode
     cluster_py = E2E_DIR / "cluster" / "cluster.py"
     state = Path(tempfile.mkdtemp(prefix="csi-ss-", dir="/tmp"))
@@ -241,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         _run([sys.executable, str(cluster_py), "up", "--state-dir", str(state), "--node",
               "--kube-bin", args.kube_bin, "--containerd-bin", args.containerd_bin,
               "--images", args.images])  # fmt: skip
-        env = _read_env(state / "env")
+        env = read_env(state / "env")
         tool_env = {**os.environ, **env}
         kubectl = Kubectl(env["KUBECTL"], env["KUBECONFIG"], tool_env, "default")
         archives = test_images(args.e2e_bin, args.images_cache)
@@ -264,9 +245,7 @@ def run(args: argparse.Namespace) -> int:
         repo_list_file.write_text(
             "".join(f"{key}: {value}\n" for key, value in repo_list().items())
         )
-        command = ginkgo_command(args.e2e_bin, env, out, args.procs, skip, dry_run=False)
-        if args.subset:
-            command[3:3] = [f"--focus={pattern}" for pattern in SUBSETS[args.subset]]
+        command = ginkgo_command(args.e2e_bin, env, out, args.procs, args.subset, dry_run=False)
         print("running:", shlex.join(command), flush=True)
         suite_started = time.monotonic()
         with (out / "e2e.log").open("w") as log:
@@ -298,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     finally:
         if failed:
-            _save_logs(kubectl, state, out / "logs")
+            save_cluster_logs(kubectl, state, out / "logs")
             print(f"component logs: {out / 'logs'}")
         _run([sys.executable, str(cluster_py), "down", "--state-dir", str(state)])
         print(f"done in {time.monotonic() - started:.0f} s; reports in {out}")

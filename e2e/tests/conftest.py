@@ -35,8 +35,15 @@ E2E_DIR = Path(__file__).resolve().parent.parent
 REPO = E2E_DIR.parent
 sys.path[:0] = [p for p in (str(E2E_DIR / "tests"),) if p not in sys.path]
 
-from kube import Kubectl, Tool, save_logs  # noqa: E402
-from release import RELEASE, RELEASE_NAMESPACE, cluster_overrides, node_state_dir, volumes_dir  # noqa: E402
+from kube import Kubectl, Tool, save_cluster_logs  # noqa: E402
+from release import (  # noqa: E402
+    RELEASE,
+    RELEASE_NAMESPACE,
+    cluster_overrides,
+    node_state_dir,
+    read_env,
+    volumes_dir,
+)
 
 WORK_NAMESPACE = "e2e"
 VALUES = E2E_DIR / "values" / "single-node.yaml"
@@ -52,17 +59,6 @@ def _required_env(name: str) -> str:
     if not value:
         pytest.fail(f"${name} is not set: run the end-to-end tests with `make e2e`")
     return value
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    """``export A=B`` lines of the harness's env file."""
-    values = {}
-    for line in path.read_text().splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            key, _, value = words[1].partition("=")
-            values[key] = value
-    return values
 
 
 def _harness(*args: str) -> None:
@@ -83,7 +79,7 @@ def cluster() -> Iterator[dict[str, str]]:
             "--containerd-bin", _required_env("CONTAINERD_BIN"),
             "--images", _required_env("IMAGES_DIR"),
         )  # fmt: skip
-        env = _read_env(state / "env")
+        env = read_env(state / "env")
         _session["env"] = env
         yield env
     finally:
@@ -181,17 +177,7 @@ def _save_component_logs() -> Path:
     """Copy pod logs, the harness's process logs and Ceph's logs to one folder (once per
     failing test; later failures get their own folder)."""
     folder = ARTIFACTS / time.strftime("%Y%m%d-%H%M%S")
-    folder.mkdir(parents=True, exist_ok=True)
-    kubectl = _session.get("kubectl")
-    if kubectl is not None:
-        try:
-            save_logs(kubectl, folder / "pods")
-        except Exception as exc:  # the cluster may be what failed
-            (folder / "pods-error.txt").write_text(f"could not collect pod logs: {exc}\n")
-    state: Path = _session["state"]
-    for logs in state.glob("**/logs"):
-        if logs.is_dir():
-            shutil.copytree(logs, folder / logs.relative_to(state), dirs_exist_ok=True)
+    save_cluster_logs(_session.get("kubectl"), _session["state"], folder)
     ceph_dir = _session.get("ceph_dir")
     if ceph_dir and (ceph_dir / "log").is_dir():
         shutil.copytree(ceph_dir / "log", folder / "ceph", dirs_exist_ok=True)

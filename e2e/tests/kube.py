@@ -8,6 +8,7 @@ events: ...") rather than a timeout. Nothing here knows the plugin's internals.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -176,3 +177,17 @@ def save_logs(kubectl: Kubectl, directory: Path) -> list[Path]:
     path.write_text(described.stdout + described.stderr)
     saved.append(path)
     return saved
+
+
+def save_cluster_logs(kubectl: Kubectl | None, state: Path, folder: Path) -> None:
+    """Pod logs (when the API server still answers) and every log the cluster harness
+    keeps under its state directory, copied to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kubectl is not None:
+        try:
+            save_logs(kubectl, folder / "pods")
+        except Exception as exc:  # the cluster may be what failed
+            (folder / "pods-error.txt").write_text(f"could not collect pod logs: {exc}\n")
+    for logs in state.glob("**/logs"):
+        if logs.is_dir():
+            shutil.copytree(logs, folder / logs.relative_to(state), dirs_exist_ok=True)

@@ -8,11 +8,23 @@ follow it, the same way for every suite that installs the chart.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 RELEASE = "csi-driver"
 RELEASE_NAMESPACE = "csi-driver"
 CHART = Path(__file__).resolve().parents[2] / "charts" / "csi-driver"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """The ``export A=B`` lines of the cluster harness's env file."""
+    values = {}
+    for line in path.read_text().splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            key, _, value = words[1].partition("=")
+            values[key] = value
+    return values
 
 
 def volumes_dir(cluster: dict[str, str]) -> Path:
