@@ -84,17 +84,27 @@ class KubeApi:
         Raises StoreUnavailable when the server cannot be reached, or ``_Maybe``
         when a write's answer was lost; StoreError for the other refusals.
         """
-        if method != "DELETE":
+        resource = path[len(self._base) :].split("/", 1)[0]
+        if method == "GET":
             return self._send(method, path, query, body, passthrough)
+        with self._lock:
+            deletes_before = self._unsure.get(resource, 0)
         try:
-            return self._send(method, path, query, body, passthrough)
+            status, data = self._send(method, path, query, body, passthrough)
         finally:
-            # A delete answers with a Status, not the resourceVersion it made (nor
-            # anything when its answer is lost): the next filtered read of the kind
-            # learns the present version first, so it does not show the record again.
-            resource = path[len(self._base) :].split("/", 1)[0]
+            if method == "DELETE":
+                # A delete answers with a Status, not the resourceVersion it made (nor
+                # anything when its answer is lost), so the watch cache cannot be asked
+                # for a version that holds it: filtered reads of the kind go to etcd
+                # until this process writes an object of the kind again.
+                with self._lock:
+                    self._unsure[resource] = self._unsure.get(resource, 0) + 1
+        if method != "DELETE" and status in _OK:
             with self._lock:
-                self._unsure[resource] = self._unsure.get(resource, 0) + 1
+                # Sent after every delete counted then: its version is newer than theirs.
+                if self._unsure.get(resource) == deletes_before and deletes_before:
+                    del self._unsure[resource]
+        return status, data
 
     def _send(
         self,
@@ -217,24 +227,12 @@ class KubeApi:
             if rv > self._seen.get(resource, 0):
                 self._seen[resource] = rv
 
-    def _catch_up(self, resource: str) -> None:
-        """Note the newest resourceVersion of ``resource``: a one-item quorum list
-        answers with it. Deletes sent meanwhile leave the kind unsure."""
-        with self._lock:
-            deletes = self._unsure.get(resource, 0)
-        status, data = self._request("GET", self._path(resource), query=[("limit", 1)])
-        if status in _OK and isinstance(data, dict):
-            self._saw(self._path(resource), data)
-            with self._lock:
-                if self._unsure.get(resource) == deletes:
-                    del self._unsure[resource]
-
     def _list_all(self, resource: str, selector: str) -> list[_Obj]:
         """Every object of ``resource`` the selector matches.
 
         Read from the API server's watch cache, once it has caught up with the
-        newest version of an object of that kind this process wrote or read (after
-        a delete, which answers without its version, the server's present one): a
+        newest version of an object of that kind this process wrote or read (right
+        after a delete of this process, from etcd: see ``_request``): a
         filtered read then costs what it returns, where a quorum read makes the
         API server read and decode every object of the kind from etcd (unless
         etcd >= 3.5.13 lets it serve consistent lists from the cache itself).
@@ -243,24 +241,23 @@ class KubeApi:
         built on informers sees the cluster).
         """
         with self._lock:
-            unsure = self._unsure.get(resource, 0)
-        if unsure:
-            self._catch_up(resource)
-        with self._lock:
             seen = self._seen.get(resource, 0)
-        query: list[tuple[str, Any]] = [
-            ("resourceVersion", str(seen)),
-            ("resourceVersionMatch", "NotOlderThan"),
-        ]
-        if selector:
-            query.append(("labelSelector", selector))
-        status, data = self._request(
-            "GET", self._path(resource), query=query, passthrough=(429, 504)
-        )
-        if status == 200:
-            return [_Obj(item) for item in data.get("items") or ()]
-        # 504: the cache did not catch up in time; 429: it is still being filled
-        # (a new CRD, a restarted API server). Read etcd instead.
+            after_delete = resource in self._unsure
+        if not after_delete:
+            query: list[tuple[str, Any]] = [
+                ("resourceVersion", str(seen)),
+                ("resourceVersionMatch", "NotOlderThan"),
+            ]
+            if selector:
+                query.append(("labelSelector", selector))
+            status, data = self._request(
+                "GET", self._path(resource), query=query, passthrough=(429, 504)
+            )
+            if status == 200:
+                return [_Obj(item) for item in data.get("items") or ()]
+        # After a delete of this process (see _request); 504: the cache did not catch
+        # up in time; 429: it is still being filled (a new CRD, a restarted API
+        # server). Read etcd instead.
         found: list[_Obj] = []
         token: str | None = None
         while True:

@@ -112,7 +112,7 @@ class KubernetesStore(NameClaims, MetadataStore):
         self._cache: OrderedDict[str, _Obj] = OrderedDict()
         self._last_seq = 0
         self._seen: dict[str, int] = {}  # resource -> newest resourceVersion seen
-        self._unsure: dict[str, int] = {}  # resource -> deletes not yet caught up with
+        self._unsure: dict[str, int] = {}  # resource -> deletes since its last write
         self._pending: list[_Undo] = []
         self._heal_lock = threading.Lock()
         self._object_locks = [threading.Lock() for _ in range(64)]
