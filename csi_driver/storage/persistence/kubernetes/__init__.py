@@ -51,7 +51,11 @@ another process's writes show up once the watch cache has them (milliseconds; a
 controller built on informers sees the cluster the same way). A quorum list
 would make the API server read and decode every object of the kind from etcd
 (1.5 s at 10 000 volumes with etcd 3.4; etcd >= 3.5.13 lets it use the cache).
-While the cache is being filled (new CRD, restarted API server) reads go to etcd.
+While the cache is being filled (new CRD, restarted API server) reads go to etcd,
+and so do filtered reads of a kind this process deleted from, until it writes that
+kind again: a delete answers with a Status, not the version it made, so no cache
+version is known to hold it (asking for the server's present revision instead makes
+the cache wait for an event of that kind: 3 s, then 504).
 
 Writes. A record write is a create (``POST``), or a replace (``PUT``) with the
 ``resourceVersion`` of the version read; on 409 the store re-reads and tries
