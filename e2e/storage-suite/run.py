@@ -208,7 +208,7 @@ def _run(command: Sequence[str], timeout: float = 900) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out: Path = args.out
+    out: Path = args.out.resolve()  # ginkgo runs e2e.test from the binary's directory
     out.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         command = ginkgo_command(args.e2e_bin, {}, out, 1, args.subset, dry_run=True)
