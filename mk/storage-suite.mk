@@ -7,7 +7,8 @@ E2E_BIN := $(KUBE_DIR)/e2e-bin
 STORAGE_SUITE_OUT   ?= e2e/.storage-suite
 # Parallel e2e.test processes (the [Serial] specs run alone at the end).
 STORAGE_SUITE_PROCS ?= 4
-# Empty: the whole suite; `ci`: the fixed subset .ci/run runs (e2e/storage-suite/subsets.py).
+# Empty: the whole suite; `ci`: the fixed subset .ci/run runs (e2e/storage-suite/subsets.py);
+# anything else: a regular expression of the specs to run ("volume-expand").
 STORAGE_SUITE_SUBSET ?=
 
 .PHONY: e2e-test-binaries e2e-storage-suite e2e-storage-suite-list
@@ -17,7 +18,7 @@ e2e-test-binaries:
 
 STORAGE_SUITE_ARGS = --e2e-bin $(E2E_BIN) --kube-bin $(KUBE_BIN) --kube-version $(KUBE_VERSION) \
   --containerd-bin $(CONTAINERD_BIN) --images $(IMAGES_DIR) --helm $(HELM) \
-  --procs $(STORAGE_SUITE_PROCS) $(if $(STORAGE_SUITE_SUBSET),--subset $(STORAGE_SUITE_SUBSET))
+  --procs $(STORAGE_SUITE_PROCS) $(if $(STORAGE_SUITE_SUBSET),--subset '$(STORAGE_SUITE_SUBSET)')
 
 e2e-storage-suite: install images tools chart-crds e2e-test-binaries kube-binaries \
                    containerd-binaries node-deps etcd-deps
