@@ -44,7 +44,7 @@ SUBSETS: dict[str, list[str]] = {
         r"is edited while pod is using it",
         r"\(default fs\)\] fsgroupchangepolicy \(OnRootMismatch\)\[LinuxOnly\], pod "
         r"created with an initial fsgroup, new pod fsgroup applied to volume contents",
-        r"\(default fs\) \(immediate-binding\)\] ephemeral should create read/write inline "
+        r"\(default fs\) \(late-binding\)\] ephemeral should create read/write inline "
         r"ephemeral volume",
         r"\(immediate binding\)\] topology should provision a volume and schedule a pod "
         r"with AllowedTopologies",
