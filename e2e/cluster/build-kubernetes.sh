@@ -51,6 +51,7 @@ minor=$(echo "$version" | cut -d. -f2)
 tools=()
 for c in "${cmds[@]}"; do tools+=("k8s.io/kubernetes/cmd/$c"); done
 kubernetes_wrapper "$wrap" "$version" "${tools[@]}"
+mkdir -p "$bin"
 
 # --- the build ------------------------------------------------------------------------
 ldflags="-s -w"
