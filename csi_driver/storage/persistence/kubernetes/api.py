@@ -84,9 +84,9 @@ class KubeApi:
         Raises StoreUnavailable when the server cannot be reached, or ``_Maybe``
         when a write's answer was lost; StoreError for the other refusals.
         """
-        resource = path[len(self._base) :].split("/", 1)[0]
         if method == "GET":
             return self._send(method, path, query, body, passthrough)
+        resource = self._resource_of(path)
         with self._lock:
             deletes_before = self._unsure.get(resource, 0)
         try:
@@ -170,7 +170,7 @@ class KubeApi:
         if status == 403:
             verb = _VERB[method] if method != "GET" or "/" in path[len(self._base) :] else "list"
             raise StoreError(
-                f"kubernetes store: forbidden to {verb} {path[len(self._base) :].split('/')[0]}."
+                f"kubernetes store: forbidden to {verb} {self._resource_of(path)}."
                 f"{GROUP} in namespace {self.namespace}: the controller's Role needs verb "
                 f"{verb!r} on that resource (see deploy/crds/README.md): {message}"
             )
@@ -182,6 +182,10 @@ class KubeApi:
         resource, _, name = rest.partition("/")
         kind = KIND_NAMES.get(resource, resource)
         return f"{kind} {name} in namespace {self.namespace}" if name else f"{kind} list"
+
+    def _resource_of(self, path: str) -> str:
+        """The resource (plural) a path of this store names."""
+        return path[len(self._base) :].split("/", 1)[0]
 
     def _path(self, resource: str, name: str = "") -> str:
         return self._base + resource + ("/" + name if name else "")
@@ -222,7 +226,7 @@ class KubeApi:
             rv = int((obj.get("metadata") or {}).get("resourceVersion") or 0)
         except (TypeError, ValueError):
             return
-        resource = path[len(self._base) :].split("/", 1)[0]
+        resource = self._resource_of(path)
         with self._lock:
             if rv > self._seen.get(resource, 0):
                 self._seen[resource] = rv
