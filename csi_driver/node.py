@@ -214,7 +214,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                         options.append("nouuid")
                     host_fs.mount(device, staging, record["fs_type"], options)
                     crash_points.reach("node_stage.after-mount")
-                    if record["fs_type"] == "xfs" and not made_here and not access.read_only:
+                    if not made_here and not access.read_only:
                         self._grow_xfs_to_device(record, device, staging)
                 if not record.get("fs_type"):
                     record["fs_type"] = host_fs.mountinfo(staging)["fstype"]  # type: ignore[index]
@@ -276,7 +276,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def _grow_xfs_to_device(self, record: dict[str, Any], device: str, staging: str) -> None:
         """After mounting: xfs grows only mounted."""
-        if _smaller_than_device(record, device, host_fs.filesystem_size(device, "xfs", staging)):
+        if record["fs_type"] == "xfs" and _smaller_than_device(
+            record, device, host_fs.filesystem_size(device, "xfs", staging)
+        ):
             host_fs.resize_filesystem(device, staging, "xfs")
 
     def _abandon(self, record: dict[str, Any]) -> None:
