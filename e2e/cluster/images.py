@@ -228,8 +228,7 @@ def busybox_image(
     except OSError as exc:
         raise ImageError(f"{exc}; run 'make node-deps' (busybox-static)") from None
     config = _json({"ref": ref, "entrypoint": entrypoint, "cmd": list(cmd)})
-    parts = (p.encode() + b"\0" + data for p, data in added.items())
-    tag = _tag(binary, *parts, *([config] if ref or entrypoint or cmd != ("sh",) else []))
+    tag = _tag(binary, config, *(p.encode() + b"\0" + data for p, data in added.items()))
     image = Image(cache_dir / f"{name}-{tag}.tar", ref or f"{REPOSITORY}/{name}:{tag}")
     if image.archive.exists():
         return image

@@ -202,37 +202,30 @@ def summarize(junit: Path) -> dict[str, Any]:
     }
 
 
-def _run(command: Sequence[str], timeout: float = 900) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} failed: {(done.stderr or done.stdout)[-3000:]}")
-
-
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()  # ginkgo runs e2e.test from the binary's directory
     out.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         command = ginkgo_command(args.e2e_bin, {}, out, 1, args.subset, dry_run=True)
         return subprocess.run(command, check=False).returncode
-    cluster_py = E2E_DIR / "cluster" / "cluster.py"
+    harness = Tool([sys.executable, str(E2E_DIR / "cluster" / "cluster.py")], dict(os.environ))
     state = Path(tempfile.mkdtemp(prefix="csi-ss-", dir="/tmp"))
     kubectl: Kubectl | None = None
     started = time.monotonic()
     failed = True
     try:
-        _run([sys.executable, str(cluster_py), "up", "--state-dir", str(state), "--node",
-              "--kube-bin", args.kube_bin, "--containerd-bin", args.containerd_bin,
-              "--images", args.images])  # fmt: skip
+        harness.run("up", "--state-dir", str(state), "--node", "--kube-bin", args.kube_bin,
+                    "--containerd-bin", args.containerd_bin, "--images", args.images,
+                    timeout=900)  # fmt: skip
         env = read_env(state / "env")
         tool_env = {**os.environ, **env}
         kubectl = Kubectl(env["KUBECTL"], env["KUBECONFIG"], tool_env, "default")
         archives = test_images(args.e2e_bin, args.images_cache)
-        _run([sys.executable, str(cluster_py), "import", "--state-dir", str(state),
-              *(str(archive) for archive, _ in archives)])  # fmt: skip
-        ctr = [env["CTR"], "--address", env["CONTAINERD_ADDRESS"]]
+        harness.run("import", "--state-dir", str(state),
+                    *(str(archive) for archive, _ in archives), timeout=900)  # fmt: skip
+        ctr = Tool([env["CTR"], "--address", env["CONTAINERD_ADDRESS"], "-n", "k8s.io"], tool_env)
         pause = _load("cluster_images", E2E_DIR / "cluster" / "images.py").pause_image().ref
-        _run([*ctr, "-n", "k8s.io", "images", "tag", "--force", pause,
-              f"{LOCAL_REGISTRY}/pause:{PAUSE_TAG}"])  # fmt: skip
+        ctr.run("images", "tag", "--force", pause, f"{LOCAL_REGISTRY}/pause:{PAUSE_TAG}")
         print(f"cluster up, test images imported in {time.monotonic() - started:.0f} s")
         helm = Tool([args.helm, f"--kubeconfig={env['KUBECONFIG']}"], tool_env)
         helm.run(
@@ -265,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
             summary.update(
                 seconds=seconds, subset=args.subset or "all", procs=args.procs,
                 kubernetes=args.kube_version, date=time.strftime("%Y-%m-%d"),
-                skipped_by_runner=list(SKIPPED) if not args.subset else None,
+                skipped_by_runner=list(SKIPPED),
             )  # fmt: skip
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             print(
@@ -280,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         if failed:
             save_cluster_logs(kubectl, state, out / "logs")
             print(f"component logs: {out / 'logs'}")
-        _run([sys.executable, str(cluster_py), "down", "--state-dir", str(state)])
+        harness.run("down", "--state-dir", str(state), timeout=900)
         print(f"done in {time.monotonic() - started:.0f} s; reports in {out}")
 
 
