@@ -56,16 +56,17 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--health-port",
         type=_port,
         metavar="PORT",
-        help="serve HTTP GET /healthz (Identity.Probe through --endpoint)",
+        help="serve HTTP GET /healthz and /readyz (Identity.Probe through --endpoint; "
+        "/readyz also waits until kubelet confirmed the registration)",
     )
     kubelet.add_argument("--health-address", metavar="ADDRESS",
-                         help="address /healthz listens on (default 0.0.0.0: kubelet's "
+                         help="address /healthz and /readyz listen on (default 0.0.0.0: kubelet's "
                          "httpGet probe reaches the pod IP)")  # fmt: skip
     kubelet.add_argument(
         "--health-probe-timeout",
         type=float,
         metavar="SECONDS",
-        help="seconds the Probe behind /healthz may take (default 2)",
+        help="seconds the Probe behind /healthz and /readyz may take (default 2)",
     )
     return parser
 
@@ -113,6 +114,7 @@ def _companions(
             endpoint.grpc_address,
             probe_timeout=args.health_probe_timeout or health.PROBE_TIMEOUT,
             checks=[status.problem] if args.registration_dir else [],
+            readiness_checks=[status.pending] if args.registration_dir else [],
         ))  # fmt: skip
     if args.registration_dir:
         seen = args.kubelet_endpoint or str(endpoint)  # a path, or unix:///path

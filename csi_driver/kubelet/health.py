@@ -1,11 +1,14 @@
-"""HTTP ``/healthz`` for kubelet's liveness probe, as the livenessprobe sidecar serves it.
+"""HTTP ``/healthz`` for kubelet's liveness probe (as the livenessprobe sidecar serves
+it) and ``/readyz`` for its readiness probe.
 
 Each GET /healthz calls the plugin's own Identity.Probe through its real gRPC endpoint
 (a fresh channel, a short deadline), so a 200 proves the CSI server answers, not just
 that the interpreter runs. 200 ``ok`` when ready; 503 with a one-line reason when the
 Probe says not ready, fails or times out, or when another check (kubelet refused the
-registration) reports a problem. Other paths: 404. Requests are served on daemon
-threads, a few at a time (more are dropped), each bounded by a socket timeout; single
+registration) reports a problem. ``/readyz`` asks the same and, before the probe, the
+readiness checks (the node plugin: kubelet has not confirmed its registration yet), so a
+pod turns Ready only once the cluster can use it. Other paths: 404. Requests are served
+on daemon threads, a few at a time (more are dropped), each bounded by a socket timeout; single
 hits are logged at DEBUG only, changes of the outcome at WARNING/INFO.
 """
 
@@ -26,7 +29,8 @@ from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc
 from csi_driver.server import EndpointError
 
 LOG = logging.getLogger(__name__)
-PATH = "/healthz"
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
 #: kubelet's httpGet probe targets the pod's IP, so every interface by default.
 DEFAULT_ADDRESS = "0.0.0.0"  # noqa: S104
 #: Seconds a Probe may take by default; keep the liveness probe's timeoutSeconds above.
@@ -50,16 +54,18 @@ class HealthServer:
         target: str,
         probe_timeout: float = PROBE_TIMEOUT,
         checks: Sequence[Check] = (),
+        readiness_checks: Sequence[Check] = (),
     ) -> None:
         self.address = address
         self.requested_port = port
         self.target = target
         self.probe_timeout = probe_timeout
         self.checks = tuple(checks)
+        self.readiness_checks = tuple(readiness_checks)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._outcome_lock = threading.Lock()
-        self._last_reason: str | None = None
+        self._last_reasons: dict[str, str | None] = {}
 
     @property
     def port(self) -> int:
@@ -70,14 +76,17 @@ class HealthServer:
         try:
             self._httpd = _HTTPServer(self, (self.address, self.requested_port))
         except OSError as exc:
-            raise EndpointError(f"cannot serve {PATH} on {self.address}:{self.requested_port}: "
-                                f"{exc.strerror or exc}") from None  # fmt: skip
+            raise EndpointError(
+                f"cannot serve {LIVENESS_PATH} on {self.address}:{self.requested_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
             name="healthz", daemon=True,
         )  # fmt: skip
         self._thread.start()
-        LOG.info("serving %s on %s:%d (Probe of %s)", PATH, self.address, self.port, self.target)
+        LOG.info("serving %s and %s on %s:%d (Probe of %s)", LIVENESS_PATH, READINESS_PATH,
+                 self.address, self.port, self.target)  # fmt: skip
 
     def stop(self) -> None:
         if self._httpd is None or self._thread is None:
@@ -88,12 +97,19 @@ class HealthServer:
         self._httpd = self._thread = None
 
     def check(self) -> str | None:
-        """None when healthy, else why not (one line)."""
-        reason = next((r for r in (check() for check in self.checks) if r), None)
+        """None when alive (/healthz), else why not (one line)."""
+        return self._outcome(LIVENESS_PATH, self.checks)
+
+    def ready(self) -> str | None:
+        """None when ready for work (/readyz), else why not (one line)."""
+        return self._outcome(READINESS_PATH, self.checks + self.readiness_checks)
+
+    def _outcome(self, path: str, checks: tuple[Check, ...]) -> str | None:
+        reason = next((r for r in (check() for check in checks) if r), None)
         if reason is None:
             reason = self._probe()
         reason = None if reason is None else " ".join(reason.split())
-        self._log_change(reason)
+        self._log_change(path, reason)
         return reason
 
     def _probe(self) -> str | None:
@@ -113,13 +129,16 @@ class HealthServer:
             return "Probe: the plugin is not ready"
         return None
 
-    def _log_change(self, reason: str | None) -> None:
+    def _log_change(self, path: str, reason: str | None) -> None:
+        """Changes only; not ready yet is INFO (every start passes through it)."""
         with self._outcome_lock:
-            changed, self._last_reason = reason != self._last_reason, reason
+            changed = reason != self._last_reasons.get(path)
+            self._last_reasons[path] = reason
         if changed and reason is not None:
-            LOG.warning("%s fails: %s", PATH, reason)
+            LOG.log(logging.WARNING if path == LIVENESS_PATH else logging.INFO,
+                    "%s fails: %s", path, reason)  # fmt: skip
         elif changed:
-            LOG.info("%s ok again", PATH)
+            LOG.info("%s ok again", path)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -156,10 +175,14 @@ class _Handler(BaseHTTPRequestHandler):
         return "csi-driver"
 
     def do_GET(self) -> None:
-        if urlsplit(self.path).path != PATH:
+        path = urlsplit(self.path).path
+        if path == LIVENESS_PATH:
+            reason = self.server.health.check()
+        elif path == READINESS_PATH:
+            reason = self.server.health.ready()
+        else:
             self._answer(HTTPStatus.NOT_FOUND, "not found")
             return
-        reason = self.server.health.check()
         if reason is None:
             self._answer(HTTPStatus.OK, "ok")
         else:

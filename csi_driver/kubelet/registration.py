@@ -36,15 +36,20 @@ def socket_path(directory: str, driver_name: str) -> str:
 class RegistrationStatus:
     """What kubelet said last. While it refuses the plugin, ``problem`` says why and
     /healthz fails on it, so the liveness probe restarts the pod as the exit of
-    node-driver-registrar would; a later successful registration clears it."""
+    node-driver-registrar would; a later successful registration clears it. Until kubelet
+    first confirms the registration, ``pending`` says so and /readyz fails on it: kubelet
+    confirms only after it has put the driver in CSINode and its topology labels on the
+    Node, so a Ready node pod means the cluster already sees the driver on that node."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._refusal: str | None = None
+        self._confirmed = False
 
     def registered(self) -> None:
         with self._lock:
             self._refusal = None
+            self._confirmed = True
 
     def refused(self, error: str) -> None:
         with self._lock:
@@ -54,6 +59,11 @@ class RegistrationStatus:
         with self._lock:
             refusal = self._refusal
         return None if refusal is None else f"kubelet refused the registration: {refusal}"
+
+    def pending(self) -> str | None:
+        with self._lock:
+            confirmed = self._confirmed
+        return None if confirmed else "kubelet has not confirmed the registration yet"
 
 
 class RegistrationService(api_pb2_grpc.RegistrationServicer):

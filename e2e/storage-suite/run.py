@@ -22,6 +22,7 @@ uses (``subsets.py``); ``--dry-run`` lists the selected specs without a cluster.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -35,6 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import yaml
 
 SUITE_DIR = Path(__file__).resolve().parent
 E2E_DIR = SUITE_DIR.parent
@@ -112,6 +115,23 @@ def test_images(e2e_bin: Path, cache_dir: Path) -> list[tuple[Path, str]]:
         cmd=["pause"],
     )
     return [(image.archive, image.ref) for image in (*built, agnhost)]
+
+
+def driver_on_nodes(kubectl: Kubectl, driver: str, keys: Sequence[str]) -> list[str]:
+    """Why the suite cannot start yet ([] when it can): every node must list ``driver``
+    in its CSINode and carry the topology ``keys`` as labels. The topology specs read
+    the labels once, as they start; the node pod's readiness probe already waits for
+    kubelet's confirmation, this says so plainly when it did not hold."""
+    missing = []
+    csinodes = {n["metadata"]["name"]: n for n in kubectl.get("csinodes", namespaced=False)}
+    for node in kubectl.get("nodes", namespaced=False):
+        name = node["metadata"]["name"]
+        drivers = (csinodes.get(name, {}).get("spec") or {}).get("drivers") or []
+        if not any(entry.get("name") == driver for entry in drivers):
+            missing.append(f"node {name}: {driver} not in its CSINode")
+        labels = node["metadata"].get("labels", {})
+        missing += [f"node {name}: no label {key}" for key in keys if key not in labels]
+    return missing
 
 
 def _with_libraries(programs: dict[str, str]) -> dict[str, Path]:
@@ -235,6 +255,12 @@ def run(args: argparse.Namespace) -> int:
             timeout=420,
         )  # fmt: skip
         print(f"chart installed after {time.monotonic() - started:.0f} s")
+        info = yaml.safe_load(DRIVER.read_text())["DriverInfo"]
+        missing = functools.partial(driver_on_nodes, kubectl, info["Name"], info["TopologyKeys"])
+        waited = time.monotonic()
+        kubectl.wait_for("the driver registered on every node", lambda: not missing(),
+                         timeout=120, explain=lambda: "; ".join(missing()))  # fmt: skip
+        print(f"driver registered on every node ({time.monotonic() - waited:.1f} s after install)")
         repo_list_file = out / "repo-list.yaml"
         repo_list_file.write_text(
             "".join(f"{key}: {value}\n" for key, value in repo_list().items())

@@ -165,6 +165,27 @@ def test_a_failing_check_is_reported_before_the_probe(
     assert get(server) == (200, "ok\n")
 
 
+def test_readyz_waits_for_kubelet_while_healthz_stays_ok(
+    sick: tuple[FaultInjectingIdentity, str], serve: Serve
+) -> None:
+    """Not registered yet is not a liveness problem (a restart would not help), only
+    not ready; a refusal fails both; the probe's own failures fail both."""
+    service, target = sick
+    status = RegistrationStatus()
+    server = serve(target, checks=[status.problem], readiness_checks=[status.pending])
+
+    assert get(server) == (200, "ok\n")
+    assert get(server, "/readyz") == (503, "kubelet has not confirmed the registration yet\n")
+    status.registered()
+    assert get(server, "/readyz") == (200, "ok\n")
+    status.refused("driver name clash")
+    assert get(server, "/readyz") == (503, "kubelet refused the registration: driver name clash\n")
+    status.registered()
+    service.fault = "not-ready"
+    assert get(server, "/readyz") == (503, "Probe: the plugin is not ready\n")
+    assert get(server) == (503, "Probe: the plugin is not ready\n")
+
+
 def test_a_client_that_sends_nothing_does_not_block_the_probe(
     sick: tuple[FaultInjectingIdentity, str], serve: Serve
 ) -> None:

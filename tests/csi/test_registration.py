@@ -44,10 +44,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def healthz(port: int) -> tuple[int, str]:
+def healthz(port: int, path: str = "/healthz") -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("GET", "/healthz")
+        connection.request("GET", path)
         reply = connection.getresponse()
         return reply.status, reply.read().decode()
     finally:
@@ -122,6 +122,34 @@ def test_refused_registration_fails_healthz_until_kubelet_registers(node: tuple)
     log = process.log()
     assert " ERROR " in log and "driver name clash" in log
     assert "kubelet registered the plugin csi-driver.cinder" in log
+
+
+def test_the_node_turns_ready_only_when_kubelet_confirms_the_registration(
+    tmp_path: Path,
+) -> None:
+    """kubelet confirms after it wrote CSINode and the Node's topology labels: before
+    that a Ready pod would let pods be scheduled by labels not there yet."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    port = free_port()
+    process = KubeletPlugin(tmp_path, "node", [
+        "--registration-dir", str(registry), "--kubelet-endpoint", HOST_ENDPOINT,
+        "--health-port", str(port), "--health-address", "127.0.0.1",
+    ], name="node")  # fmt: skip
+    with stopped_at_end(process.start()):
+        before = healthz(port, "/readyz"), healthz(port)
+        channel, stub = registration_stub(reg_socket(registry))
+        with channel:
+            stub.GetInfo(api_pb2.InfoRequest(), timeout=10)
+            asked = healthz(port, "/readyz")
+            stub.NotifyRegistrationStatus(api_pb2.RegistrationStatus(plugin_registered=True),
+                                          timeout=10)  # fmt: skip
+        after = healthz(port, "/readyz")
+
+    pending = (503, "kubelet has not confirmed the registration yet\n")
+    assert before == (pending, (200, "ok\n"))
+    assert asked == pending
+    assert after == (200, "ok\n")
 
 
 def test_sigterm_removes_the_registration_socket_before_the_csi_server_drains(
@@ -211,4 +239,5 @@ def test_the_controller_serves_healthz_too(tmp_path: Path) -> None:
     ], "controller")  # fmt: skip
     with stopped_at_end(process.start()):
         assert healthz(port) == (200, "ok\n")
-    assert "serving /healthz on 127.0.0.1:" in process.log()
+        assert healthz(port, "/readyz") == (200, "ok\n")  # no kubelet to wait for
+    assert "serving /healthz and /readyz on 127.0.0.1:" in process.log()
