@@ -44,7 +44,14 @@ E2E_DIR = SUITE_DIR.parent
 sys.path[:0] = [p for p in (str(E2E_DIR / "tests"), str(SUITE_DIR)) if p not in sys.path]
 
 from kube import Kubectl, Tool, save_cluster_logs  # noqa: E402
-from release import CHART, RELEASE, RELEASE_NAMESPACE, cluster_overrides, read_env  # noqa: E402
+from release import (  # noqa: E402
+    CHART,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    cluster_overrides,
+    read_env,
+    wait_for_node_plugin,
+)
 from subsets import SKIPPED, SUBSETS, skip_pattern  # noqa: E402
 
 DRIVER = SUITE_DIR / "driver.yaml"
@@ -254,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
             "--set", "crds.keepOnUninstall=false", "--wait", "--timeout", "5m",
             timeout=420,
         )  # fmt: skip
+        wait_for_node_plugin(kubectl)
         print(f"chart installed after {time.monotonic() - started:.0f} s")
         info = yaml.safe_load(DRIVER.read_text())["DriverInfo"]
         missing = functools.partial(driver_on_nodes, kubectl, info["Name"], info["TopologyKeys"])

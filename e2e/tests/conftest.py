@@ -43,6 +43,7 @@ from release import (  # noqa: E402
     node_state_dir,
     read_env,
     volumes_dir,
+    wait_for_node_plugin,
 )
 
 WORK_NAMESPACE = "e2e"
@@ -152,6 +153,7 @@ def release(
         "--wait", "--timeout", "5m",
         timeout=420,
     )  # fmt: skip
+    wait_for_node_plugin(kubectl)
     info = {
         "host_dir": host_dir,
         "node_state": node_state_dir(cluster),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Protocol
 
 RELEASE = "csi-driver"
 RELEASE_NAMESPACE = "csi-driver"
@@ -54,3 +55,18 @@ def cluster_overrides(cluster: dict[str, str]) -> list[str]:
         "node.multipathDir": str(Path(cluster["HOST_DATA_DIR"]) / "multipath"),
     }
     return [arg for key, value in overrides.items() for arg in ("--set-string", f"{key}={value}")]
+
+
+class _Runs(Protocol):
+    def run(self, *args: str, timeout: float = ...) -> object: ...
+
+
+def wait_for_node_plugin(kubectl: _Runs, timeout: int = 300) -> None:
+    """Wait, as the README says, until every node plugin pod is Ready: its readiness
+    probe holds until kubelet confirmed the registration (CSINode, topology labels).
+    ``helm --wait`` does not cover it: it counts a DaemonSet ready with up to
+    maxUnavailable (1) pods not ready, which on a single node is all of them."""
+    kubectl.run(
+        "-n", RELEASE_NAMESPACE, "rollout", "status", f"daemonset/{RELEASE}-node",
+        f"--timeout={timeout}s", timeout=timeout + 30,
+    )  # fmt: skip

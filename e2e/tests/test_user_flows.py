@@ -114,7 +114,7 @@ def test_install_brings_up_controller_and_node(
     assert daemonset.get("numberReady") == daemonset.get("desiredNumberScheduled") == 1, daemonset
 
     # The node pod turns Ready only once kubelet confirmed the registration (its
-    # /readyz), so helm's --wait already covered it: no waiting here.
+    # /readyz), and the install waited for it (README): no waiting here.
     node = cluster["NODE_NAME"]
     csinode = kubectl.get("csinode", node, namespaced=False) or {}
     assert DRIVER in [d["name"] for d in csinode.get("spec", {}).get("drivers") or []], csinode
