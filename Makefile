@@ -4,10 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests use: lvm2 gives `vgs`, which Cinder's LVM driver runs.
-APT_PACKAGES := lvm2
+# Debian packages the tests use: lvm2 gives `vgs`, which Cinder's LVM driver runs;
+# strace counts the fsyncs of each RPC (tests/csi/test_fsync_budget.py, bench-fsyncs).
+APT_PACKAGES := lvm2 strace
 
-.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing bench-stores clean
+.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing bench-fsyncs bench-stores clean
 
 install: system-deps $(STAMP) proto
 
@@ -59,7 +60,13 @@ bench-listing: install
 	@mkdir -p bench-results
 	$(BIN)/python benchmarks/list_volumes.py | tee bench-results/list_volumes.json
 
-bench: bench-serialization bench-listing
+# Fsyncs and store commits per controller RPC (strace), and the CreateVolume+DeleteVolume
+# pair p50 (100 pairs, median of 3 runs).
+bench-fsyncs: install
+	@mkdir -p bench-results
+	$(BIN)/python benchmarks/fsyncs.py | tee bench-results/fsyncs.json
+
+bench: bench-serialization bench-listing bench-fsyncs
 
 # Every metadata store side by side (real etcd and kube-apiserver on loopback): create,
 # get and list-page p50/p99 and full-listing time at 1 000 and 10 000 volumes.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage import connector, crash_points, secrets, validation
 from csi_driver.storage.exceptions import AttachError, InvalidArgument, InvalidState, NotFound
+from csi_driver.storage.persistence.base import CONNECTION as CONNECTION_KIND
 from csi_driver.storage.persistence.base import compact
 from csi_driver.storage.resource import Field, Resource, new_id, operation_record, utcnow
 
@@ -181,8 +182,12 @@ class Connection(Resource):
         crash_points.reach("disconnect.after-driver")
         if updates:
             volume._update(**updates)
-            volume._save()
-        store.delete_connection(self.id)
+        changed = volume._closing(self) or bool(updates)
+        # One write removes the connection and stores the volume's new state. Not
+        # durable: a power loss that undoes it leaves the connection 'disconnecting',
+        # which recovery finishes (terminate and remove_export again, then this write).
+        store.write(volumes=(volume._data,) if changed else (),
+                    remove=((CONNECTION_KIND, self.id),), durable=False)  # fmt: skip
         self._update(status="disconnected", operation=None)
         volume._connection_closed(self)
         LOG.info("disconnected volume %s from host %s", volume.id, self.attached_host)

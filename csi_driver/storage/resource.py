@@ -121,12 +121,8 @@ class Resource(serialization.Serializable):
         apply_changes(self._data, changes)
         self._data["updated_at"] = utcnow()
 
-    def _save(self) -> None:
-        self._store().write(**{self.KIND + "s": (self._data,)})
-
-    def _set_status(self, status: str) -> None:
-        self._update(status=status)
-        self._save()
+    def _save(self, durable: bool = True) -> None:
+        self._store().write(**{self.KIND + "s": (self._data,)}, durable=durable)
 
     def _begin(self, status: str, operation: str, **details: Any) -> None:
         """Store a transitional status with the operation in flight, before the driver runs.
@@ -137,10 +133,15 @@ class Resource(serialization.Serializable):
         self._update(status=status, operation=operation_record(operation, utcnow(), **details))
         self._save()
 
-    def _end(self, status: str, **changes: Any) -> None:
-        """Store a stable status (and the driver's changes); the operation is over."""
+    def _end(self, status: str, *, durable: bool = True, **changes: Any) -> None:
+        """Store a stable status (and the driver's changes); the operation is over.
+
+        ``durable=False`` only where the ``_begin`` record, durable, makes recovery
+        reach this same state when a power loss undoes this write (see the store's
+        ``write``): it then costs no fsync.
+        """
         self._update(status=status, operation=None, **changes)
-        self._save()
+        self._save(durable)
 
     def _run_delete(self, driver_delete: Callable[[], None]) -> None:
         """Run a driver delete: a busy resource keeps its status, a failure is marked."""

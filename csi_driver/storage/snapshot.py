@@ -109,7 +109,8 @@ class Snapshot(Resource):
         """Delete the snapshot. Volumes created from it are independent and stay."""
         volume = self.volume
         self._run_delete(lambda: self.backend._host.delete_snapshot(self._data, volume._data))
-        self._store().delete_snapshot(self.id)
+        # Not durable: a power loss that undoes it leaves 'deleting', which recovery finishes.
+        self._store().delete(SNAPSHOT_KIND, self.id, durable=False)
         self._update(status="deleted")
         volume._snapshot_deleted(self)
         LOG.info("deleted snapshot %s", self.id)

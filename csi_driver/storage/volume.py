@@ -193,7 +193,9 @@ class Volume(Resource):
                 f"volume {self.id} has {len(connections)} connection(s); disconnect them first"
             )
         self._run_delete(lambda: self.backend._host.delete_volume(self._data))
-        store.delete_volume(self.id)
+        # Not durable: a power loss that undoes it leaves the record 'deleting', which
+        # recovery finishes (the driver's delete succeeds on what is gone).
+        store.delete(VOLUME_KIND, self.id, durable=False)
         self._update(status="deleted")
         self.backend._forget(self)
         LOG.info("deleted volume %s on backend %s", self.id, self.backend.name)
@@ -221,7 +223,9 @@ class Volume(Resource):
             self._end(previous)
             raise
         crash_points.reach("extend_volume.after-driver")
-        self._end(previous, size=size, **updates)
+        # Not durable: a power loss that undoes it leaves the record 'extending' to
+        # ``size``, which recovery finishes (the driver made the new size durable).
+        self._end(previous, durable=False, size=size, **updates)
 
     def clone(
         self,
@@ -289,11 +293,20 @@ class Volume(Resource):
     def _settings(self) -> Any:
         return self.backend._settings()
 
+    def _closing(self, connection: Connection) -> bool:
+        """Before ``connection``'s record is removed: the last one going makes 'in-use'
+        'available'. True when that changed this record (the caller stores it in the
+        same write as the removal)."""
+        if self.status != IN_USE:
+            return False
+        if any(r["id"] != connection.id for r in self._store().get_connections(volume_id=self.id)):
+            return False
+        self._update(status=AVAILABLE)
+        return True
+
     def _connection_closed(self, connection: Connection) -> None:
         if self._connections is not None:
             self._connections[:] = [c for c in self._connections if c.id != connection.id]
-        if self.status == IN_USE and not self._store().get_connections(volume_id=self.id):
-            self._set_status(AVAILABLE)
 
     def _snapshot_deleted(self, snapshot: Snapshot) -> None:
         if self._snapshots is not None:

@@ -16,6 +16,20 @@ btrfs, ...) and sparse copies otherwise, so holes in the source stay holes in th
 Every file that is copied is first written under a temporary dot-name in the same directory
 and only then linked under its final name, so a crash never leaves a half-copied volume
 under a name Cinder knows.
+
+Durability: each call returns once what it did survives a power loss, with the fewest
+fsyncs that give that on a journaling filesystem (ext4, XFS, btrfs), whose metadata
+changes become durable in the order they were made:
+
+- a copy (snapshot, clone, volume from snapshot): ``fsync`` of the new file (its data),
+  then of the directory (its name);
+- a blank volume: only the directory's ``fsync``. The file holds no data; its size is
+  metadata like its name, made before the name, and carried by the same journal
+  commit. Its own ``fsync`` would flush nothing more;
+- extend: the file's ``fsync`` (the new size, before the library records it);
+- delete: the directory's ``fsync``, before the library removes the record. Without
+  it a power loss could keep the file while the removal, written later, survives: a
+  file no record names, which nothing would ever delete.
 """
 
 from __future__ import annotations
@@ -228,12 +242,14 @@ class FileDriver(driver.VolumeDriver):
             os.close(fd)
 
     @contextlib.contextmanager
-    def _staged(self, final: str) -> Iterator[int]:
+    def _staged(self, final: str, has_data: bool = True) -> Iterator[int]:
         """Yield the fd of a new staging file that becomes ``final`` when the block ends.
 
         The file is published with ``link()``, which fails instead of replacing an
         existing file, so a name collision can never destroy another volume's data. On
-        any error the staging file is removed and ``final`` is untouched.
+        any error the staging file is removed and ``final`` is untouched. Without
+        ``has_data`` (a blank sparse file) only the directory is fsynced (see the
+        module's docstring).
         """
         if os.path.lexists(final):
             raise exception.VolumeBackendAPIException(
@@ -244,7 +260,8 @@ class FileDriver(driver.VolumeDriver):
         )
         try:
             yield fd
-            os.fsync(fd)
+            if has_data:
+                os.fsync(fd)
             os.close(fd)
             fd = -1
             self._publish(tmp, final)
@@ -284,18 +301,15 @@ class FileDriver(driver.VolumeDriver):
                 data=f"FileDriver backend {self.backend_name!r}: {action} failed: {exc}"
             ) from exc
 
-    def _grow(self, target: int | str, size: int) -> None:
-        """Set a new or growing file (an fd or a path) to ``size`` bytes.
+    def _grow(self, fd: int, size: int) -> None:
+        """Set a new or growing file to ``size`` bytes.
 
         A size the filesystem cannot hold (EFBIG; beyond off_t is OverflowError) is the
         request's fault, not the backend's: it is raised as Cinder's
         ``VolumeSizeExceedsLimit`` naming the largest size that fits.
         """
         try:
-            if isinstance(target, int):
-                os.ftruncate(target, size)
-            else:
-                os.truncate(target, size)
+            os.ftruncate(fd, size)
         except OverflowError as exc:
             raise self._too_big(size) from exc
         except OSError as exc:
@@ -359,7 +373,7 @@ class FileDriver(driver.VolumeDriver):
         """Create an empty sparse file of ``volume.size`` GiB: allocates nothing up front."""
         with (
             self._os_errors(f"create_volume {volume.id}"),
-            self._staged(self.volume_path(volume)) as fd,
+            self._staged(self.volume_path(volume), has_data=False) as fd,
         ):
             self._grow(fd, volume.size * units.Gi)
 
@@ -373,31 +387,40 @@ class FileDriver(driver.VolumeDriver):
             try:
                 os.unlink(self.volume_path(volume))
             except FileNotFoundError:
+                # Perhaps by a process that died before the fsync below: do it here.
                 LOG.info("Volume file of %s already gone; nothing to delete", volume.id)
-                return
             self._fsync_dir()
 
     def extend_volume(self, volume: Volume, new_size: int) -> None:
         """Grow the volume file to ``new_size`` GiB; shrinking is refused, equal is a no-op.
 
-        ``truncate`` to a larger size is a single system call, so it cannot be half done.
+        ``truncate`` to a larger size is a single system call, so it cannot be half done;
+        the ``fsync`` after it makes the size durable before the library records it (a
+        recorded size the file lost in a power loss would let a filesystem grow past
+        the device's end).
         """
         path = self.volume_path(volume)
         new_bytes = new_size * units.Gi
         with self._os_errors(f"extend_volume {volume.id}"):
             try:
-                current = os.stat(path).st_size
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise exception.VolumeNotFound(volume_id=volume.id) from None
-            if new_bytes < current:
-                raise exception.InvalidInput(
-                    reason=(
-                        f"cannot extend volume {volume.id} to {new_size} GiB: it already has "
-                        f"{current / units.Gi:g} GiB and FileDriver never shrinks volumes"
+            try:
+                current = os.fstat(fd).st_size
+                if new_bytes < current:
+                    raise exception.InvalidInput(
+                        reason=(
+                            f"cannot extend volume {volume.id} to {new_size} GiB: it already "
+                            f"has {current / units.Gi:g} GiB and FileDriver never shrinks volumes"
+                        )
                     )
-                )
-            if new_bytes > current:
-                self._grow(path, new_bytes)
+                if new_bytes > current:
+                    self._grow(fd, new_bytes)
+                # Also when equal: finishing an extend a crash interrupted before its fsync.
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def create_cloned_volume(self, volume: Volume, src_vref: Volume) -> None:
         """Copy ``src_vref``'s file (reflink or sparse copy), grown to ``volume.size`` GiB."""
@@ -432,8 +455,8 @@ class FileDriver(driver.VolumeDriver):
             try:
                 os.unlink(self.snapshot_path(snapshot))
             except FileNotFoundError:
+                # Perhaps by a process that died before the fsync below: do it here.
                 LOG.info("Snapshot file of %s already gone; nothing to delete", snapshot.id)
-                return
             self._fsync_dir()
 
     def create_volume_from_snapshot(self, volume: Volume, snapshot: Snapshot) -> None:

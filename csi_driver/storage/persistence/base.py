@@ -23,7 +23,17 @@ store runs):
   the records were first stored; replacing a record keeps its position.
 - ``delete_*`` of a missing id is not an error.
 - ``write`` stores several records of several kinds atomically: after a failure
-  none of them is stored and nothing that was there before is changed.
+  none of them is stored and nothing that was there before is changed. Its
+  ``remove`` ((kind, id) pairs) deletes records in the same atomic step; a
+  record both written and removed is refused with ``InvalidArgument``.
+- ``durable=False`` (``write``, ``delete``): the change is made and read back
+  as any other and survives the process, but a power loss or OS crash may undo
+  it until the store's next durable write. The store keeps its writes in order:
+  after a power loss it holds a prefix of them, so a change made without
+  ``durable`` is never kept while an earlier one is lost. The library asks for
+  it only for the last step of an operation whose earlier, durable record lets
+  recovery redo that step. Stores that make every write durable (etcd,
+  kubernetes) ignore it.
 - Deleting a volume record does not delete its snapshots or connections: the
   library decides what goes, the store does not cascade.
 - Key/value pairs (``get_value``/``set_value``/``delete_value``) hold small
@@ -196,11 +206,14 @@ class MetadataStore(abc.ABC):
         volumes: Iterable[Record] = (),
         snapshots: Iterable[Record] = (),
         connections: Iterable[Record] = (),
+        remove: Iterable[tuple[str, str]] = (),
+        durable: bool = True,
     ) -> None:
-        """Insert or replace all the given records in one atomic step."""
+        """Insert or replace all the given records, and remove the (kind, id) pairs of
+        ``remove``, in one atomic step."""
 
     @abc.abstractmethod
-    def delete(self, kind: str, record_id: str) -> None:
+    def delete(self, kind: str, record_id: str, *, durable: bool = True) -> None:
         """Remove the record of ``kind`` (one of KINDS) with that id, if any."""
 
     def set_volume(self, record: Record) -> None:
@@ -273,6 +286,25 @@ def check_kind(kind: str) -> None:
     """Refuse a kind that is not one of KINDS."""
     if kind not in KINDS:
         raise InvalidArgument(f"unknown record kind {kind!r}; expected one of {KINDS}")
+
+
+def check_removals(
+    remove: Iterable[tuple[str, str]], written: set[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The (kind, id) pairs a ``write`` removes, each once; refused when malformed or
+    also among the ``written`` (kind, id) pairs (which of the two would win?)."""
+    removals: dict[tuple[str, str], None] = {}
+    for item in remove:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidArgument(f"write's remove takes (kind, id) pairs, got {item!r}")
+        kind, record_id = item
+        check_kind(kind)
+        if not isinstance(record_id, str):
+            raise InvalidArgument(f"a {kind} id to remove must be a string, got {record_id!r}")
+        if item in written:
+            raise InvalidArgument(f"write would both store and remove {kind} {record_id!r}")
+        removals[item] = None
+    return list(removals)
 
 
 def check_filters(**filters: str | None) -> None:

@@ -25,6 +25,7 @@ from csi_driver.storage.persistence.base import (
     check_filters,
     check_key,
     check_kind,
+    check_removals,
     check_unique_create,
     check_value,
     decode_records,
@@ -190,6 +191,8 @@ class MemoryStore(MetadataStore):
         volumes: Iterable[Record] = (),
         snapshots: Iterable[Record] = (),
         connections: Iterable[Record] = (),
+        remove: Iterable[tuple[str, str]] = (),
+        durable: bool = True,  # nothing here is durable: there is nothing to relax
     ) -> None:
         # Encode (and so validate) everything before touching the tables: atomicity.
         batch = []
@@ -198,11 +201,14 @@ class MemoryStore(MetadataStore):
                 text = encode_record(kind, record)
                 columns = {col: record.get(col) for col in _INDEXED[kind]}
                 batch.append((kind, record["id"], columns, text))
+        removals = check_removals(remove, {(kind, record_id) for kind, record_id, _, _ in batch})
         with self._lock:
             for kind, record_id, columns, text in batch:
                 self._tables[kind].put(record_id, columns, text)
+            for kind, record_id in removals:
+                self._tables[kind].remove(record_id)
 
-    def delete(self, kind: str, record_id: str) -> None:
+    def delete(self, kind: str, record_id: str, *, durable: bool = True) -> None:
         check_kind(kind)
         with self._lock:
             self._tables[kind].remove(record_id)

@@ -5,6 +5,14 @@ mode lets readers go on while a writer commits, and a transaction gives
 ``write`` its atomicity for free. Each kind has its own table with the filter
 columns indexed and the record itself as JSON text; reads are one query each.
 
+Durability (WAL mode). ``synchronous`` FULL, the default, fsyncs the WAL at each
+commit: an acknowledged write survives a process crash and a power loss, one fsync a
+commit. NORMAL fsyncs the WAL only at checkpoints: a commit survives a process crash
+(it is in the OS's cache) but a power loss or OS crash may undo the last commits
+(never partly, never out of order: the file stays consistent). A write with
+``durable=False`` is committed as NORMAL under FULL: the next durable commit's fsync
+carries it, since the WAL holds commits in order.
+
 Record contents are never logged: connection records can hold CHAP secrets.
 """
 
@@ -30,6 +38,7 @@ from csi_driver.storage.persistence.base import (
     check_filters,
     check_key,
     check_kind,
+    check_removals,
     check_unique_create,
     check_value,
     decode_records,
@@ -157,7 +166,8 @@ class SQLiteStore(MetadataStore):
 
         ``timeout`` is how long, in seconds, to wait for another writer before
         failing with StoreError; ``synchronous`` is FULL (an acknowledged write
-        survives a power loss) or NORMAL (faster, may lose the last commits).
+        survives a power loss) or NORMAL (no fsync per commit; a power loss may lose
+        the last commits): see the module's docstring.
         """
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise InvalidArgument(f"sqlite store option 'path' must be a file path, got {path!r}")
@@ -241,12 +251,21 @@ class SQLiteStore(MetadataStore):
             conn.close()
 
     @contextmanager
-    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front."""
+    def _transaction(self, doing: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front.
+
+        Not ``durable`` (with synchronous FULL): this one commit is made with
+        synchronous NORMAL, written to the WAL without its fsync; the next FULL
+        commit's fsync of the WAL, which holds the commits in order, takes it along.
+        """
         conn = self._conn()
+        relaxed = not durable and self.synchronous == "FULL"
         try:
+            if relaxed:
+                conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._restore_synchronous(conn, relaxed)
             raise self._error(exc, doing) from exc
         try:
             yield conn
@@ -257,6 +276,20 @@ class SQLiteStore(MetadataStore):
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc, doing) from exc
             raise
+        finally:
+            self._restore_synchronous(conn, relaxed)
+
+    def _restore_synchronous(self, conn: sqlite3.Connection, relaxed: bool) -> None:
+        """Put the connection back to the configured ``synchronous`` after a relaxed
+        commit; a connection that cannot be is closed, never left relaxed."""
+        if not relaxed:
+            return
+        try:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as exc:
+            self._local.conn = None
+            conn.close()
+            raise self._error(exc, "cannot restore synchronous") from exc
 
     def _prepare(self) -> None:
         """Turn WAL on and create or check the schema."""
@@ -370,6 +403,8 @@ class SQLiteStore(MetadataStore):
         volumes: Iterable[Record] = (),
         snapshots: Iterable[Record] = (),
         connections: Iterable[Record] = (),
+        remove: Iterable[tuple[str, str]] = (),
+        durable: bool = True,
     ) -> None:
         # Validate everything before the transaction, so a bad record costs no lock.
         batch: dict[str, list[tuple[Any, ...]]] = {}
@@ -378,16 +413,20 @@ class SQLiteStore(MetadataStore):
             for record in records:
                 text = encode_record(kind, record)
                 rows.append((record["id"], *(record.get(col) for col in _COLUMNS[kind]), text))
-        if not any(batch.values()):
+        written = {(kind, row[0]) for kind, rows in batch.items() for row in rows}
+        removals = check_removals(remove, written)
+        if not written and not removals:
             return
-        with self._transaction("cannot write records") as conn:
+        with self._transaction("cannot write records", durable) as conn:
             for kind, rows in batch.items():
                 if rows:
                     conn.executemany(_UPSERT[kind], rows)
+            for kind, record_id in removals:
+                conn.execute(f"DELETE FROM {_TABLES[kind]} WHERE id = ?", (record_id,))  # noqa: S608
 
-    def delete(self, kind: str, record_id: str) -> None:
+    def delete(self, kind: str, record_id: str, *, durable: bool = True) -> None:
         check_kind(kind)
-        with self._transaction(f"cannot delete a {kind} record") as conn:
+        with self._transaction(f"cannot delete a {kind} record", durable) as conn:
             conn.execute(f"DELETE FROM {_TABLES[kind]} WHERE id = ?", (record_id,))  # noqa: S608
 
     # -- key/value -----------------------------------------------------------

@@ -307,6 +307,57 @@ def test_failed_write_stores_nothing_and_changes_nothing(
     assert everything(store) == before
 
 
+def test_write_removes_records_in_the_same_step(store: MetadataStore) -> None:
+    store.write(
+        volumes=[vol("v1", status="in-use")], connections=[conn("c1", "v1"), conn("c2", "v1")]
+    )
+    store.write(
+        volumes=[vol("v1", status="available")],
+        remove=[("connection", "c1"), ("connection", "c1"), ("snapshot", "missing")],
+    )
+    assert store.get_volumes() == [vol("v1", status="available")]
+    assert ids(store.get_connections()) == ["c2"]
+    store.write(remove=iter([("connection", "c2"), ("volume", "v1")]))  # removals alone
+    assert everything(store) == ([], [], [])
+
+
+@pytest.mark.parametrize("bad_kind", ["volumes", "snapshots", "connections"])
+def test_failed_write_removes_nothing(store: MetadataStore, bad_kind: str) -> None:
+    store.write(volumes=[vol("v1")], snapshots=[snap("s1", "v1")], connections=[conn("c1", "v1")])
+    before = everything(store)
+    batch: dict = {"volumes": [], "snapshots": [], "connections": []}
+    batch[bad_kind].append({"id": "bad", "backend": "lvm", "volume_id": "v1", "oops": {1, 2}})
+    with pytest.raises(InvalidArgument):
+        store.write(**batch, remove=[("volume", "v1"), ("snapshot", "s1"), ("connection", "c1")])
+    assert everything(store) == before
+
+
+@pytest.mark.parametrize(
+    "remove",
+    [[("volume", "v1", "x")], ["v1"], [("volumes", "v1")], [("volume", 1)], [("volume", "v2")]],
+    ids=["triple", "bare id", "unknown kind", "non-str id", "also written"],
+)
+def test_malformed_removal_is_refused_and_changes_nothing(
+    store: MetadataStore, remove: list
+) -> None:
+    store.write(volumes=[vol("v1")], connections=[conn("c1", "v1")])
+    before = everything(store)
+    with pytest.raises(InvalidArgument):
+        store.write(volumes=[vol("v2")], remove=[("connection", "c1"), *remove])
+    assert everything(store) == before
+
+
+def test_a_write_without_durable_reads_back_as_any_other(store: MetadataStore) -> None:
+    store.write(volumes=[vol("v1")], connections=[conn("c1", "v1")], durable=False)
+    assert tuple(map(ids, everything(store))) == (["v1"], [], ["c1"])
+    store.write(volumes=[vol("v1", size=2)], remove=[("connection", "c1")], durable=False)
+    store.delete("volume", "v9", durable=False)
+    assert everything(store) == ([vol("v1", size=2)], [], [])
+    store.delete("volume", "v1", durable=False)
+    store.set_volume(vol("v2"))  # a durable write after relaxed ones
+    assert ids(store.get_volumes()) == ["v2"]
+
+
 # -- malformed records -----------------------------------------------------------
 MALFORMED = {
     "not a dict": ("volume", ["id", "v1"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -212,6 +213,74 @@ def test_synchronous_option_is_applied(db: Path) -> None:
         assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 2
     finally:
         store.close()
+
+
+def test_a_write_without_durable_leaves_the_connection_as_configured(db: Path) -> None:
+    store = SQLiteStore(path=db)
+    try:
+        store.write(volumes=[{"id": "v1", "backend": "lvm"}], durable=False)
+        store.delete("volume", "v1", durable=False)
+        assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from csi_driver.storage.persistence.sqlite import SQLiteStore
+store = SQLiteStore(path=sys.argv[1])
+store.write(volumes=[{"id": "kept", "backend": "lvm"}], durable=False)
+store.write(remove=[("volume", "gone")], durable=False)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_write_without_durable_survives_the_process_killed(db: Path) -> None:
+    store = SQLiteStore(path=db)
+    store.write(volumes=[{"id": "gone", "backend": "lvm"}])
+    store.close()
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(db)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == -9, done.stderr
+    reopened = SQLiteStore(path=db)
+    try:
+        assert reopened.get_volumes() == [{"id": "kept", "backend": "lvm"}]
+    finally:
+        reopened.close()
+
+
+SYNC_COUNTER = """
+import sys
+from csi_driver.storage.persistence.sqlite import SQLiteStore
+store = SQLiteStore(path=sys.argv[1], synchronous=sys.argv[2])
+for n in range(int(sys.argv[4])):
+    store.write(volumes=[{"id": f"v{n}", "backend": "lvm"}], durable=sys.argv[3] == "durable")
+store.close()
+"""
+
+
+def _syncs(db: Path, synchronous: str, durable: str, commits: int) -> int:
+    """fsync-family calls of a process that opens a fresh store, commits, closes."""
+    for path in db.parent.glob(db.name + "*"):
+        path.unlink()
+    trace = db.parent / "strace.out"
+    done = subprocess.run(
+        ["strace", "-f", "-o", str(trace), "-e", "trace=fsync,fdatasync,sync_file_range",
+         sys.executable, "-c", SYNC_COUNTER, str(db), synchronous, durable, str(commits)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return sum(" = " in line for line in trace.read_text().splitlines())
+
+
+def test_each_durable_commit_costs_one_fsync_and_others_none(db: Path) -> None:
+    """synchronous FULL: one fsync of the WAL per commit; a write without ``durable``
+    (and any commit with synchronous NORMAL) none, only opening and closing do."""
+    assert shutil.which("strace"), "strace is needed (a Debian package: make install)"
+    opening_and_closing = _syncs(db, "FULL", "durable", 0)
+    assert _syncs(db, "FULL", "durable", 5) == opening_and_closing + 5
+    assert _syncs(db, "FULL", "relaxed", 5) == opening_and_closing
+    assert _syncs(db, "NORMAL", "durable", 5) == _syncs(db, "NORMAL", "durable", 0)
 
 
 def test_readers_are_not_blocked_by_a_writer(db: Path) -> None:

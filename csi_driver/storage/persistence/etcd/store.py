@@ -25,6 +25,7 @@ from csi_driver.storage.persistence.base import (
     check_filters,
     check_key,
     check_kind,
+    check_removals,
     check_unique_create,
     check_value,
     decode_records,
@@ -368,6 +369,8 @@ class EtcdStore(MetadataStore):
         volumes: Iterable[Record] = (),
         snapshots: Iterable[Record] = (),
         connections: Iterable[Record] = (),
+        remove: Iterable[tuple[str, str]] = (),
+        durable: bool = True,  # every etcd write is durable (raft) once answered
     ) -> None:
         # Encode (and so validate) everything before any request: atomicity.
         changes: dict[bytes, Change] = {}
@@ -377,10 +380,14 @@ class EtcdStore(MetadataStore):
                 key = self._keys.record(kind, record["id"])
                 # The same id twice: the last record wins, in the place of the first.
                 changes[key] = Change(kind, record["id"], key, text, indexed_fields(kind, record))
+        written = {(change.kind, change.record_id) for change in changes.values()}
+        for kind, record_id in check_removals(remove, written):
+            key = self._keys.record(kind, record_id)
+            changes[key] = Change(kind, record_id, key, None, {})
         if changes:
             self._apply(list(changes.values()), f"write {len(changes)} record(s)")
 
-    def delete(self, kind: str, record_id: str) -> None:
+    def delete(self, kind: str, record_id: str, *, durable: bool = True) -> None:
         check_kind(kind)
         check_filters(id=record_id)
         key = self._keys.record(kind, record_id)

@@ -72,11 +72,13 @@ each only if it still carries this call's ``writeId``. When the server is
 unreachable, the undo waits in the store and runs at its next call that reaches
 the server, before anything else; until then other readers can see the
 half-applied batch. A process that dies with undo pending, or in the middle of a
-batch, leaves the batch half-applied (the library's one two-record write, at the
-end of connect, then leaves the connection ``connecting``, which its recovery
-finishes or undoes). A single-record write (most of them) is one
-object write and is all-or-nothing. ``delete`` of a record whose deletion is in
-doubt is undone the same way (the record is re-created, position kept).
+batch, leaves the batch half-applied (the library's two multi-record writes: at the
+end of connect, which then leaves the connection ``connecting``, and at the end of
+disconnect, whose removal comes after its puts and so leaves the connection
+``disconnecting``; recovery finishes or undoes both). A single-record write (most
+of them) is one object write and is all-or-nothing. ``delete`` of a record whose
+deletion is in doubt is undone the same way (the record is re-created, position
+kept).
 
 Unique names. ``create_unique`` takes a claim: a ``CsiKeyValue`` named from the
 (kind, name) hash, created with ``POST`` (the API server's 409 makes one creator

@@ -26,6 +26,7 @@ from csi_driver.storage.persistence.base import (
     check_filters,
     check_key,
     check_kind,
+    check_removals,
     check_value,
     decode_records,
     encode_record,
@@ -186,6 +187,8 @@ class KubernetesStore(NameClaims, MetadataStore):
         volumes: Iterable[Record] = (),
         snapshots: Iterable[Record] = (),
         connections: Iterable[Record] = (),
+        remove: Iterable[tuple[str, str]] = (),
+        durable: bool = True,  # every API server write is durable (etcd) once answered
     ) -> None:
         # Validate everything before the first request; a record given twice is
         # written once, with its last content, at its first place.
@@ -194,11 +197,12 @@ class KubernetesStore(NameClaims, MetadataStore):
             for record in records:
                 text = encode_record(kind, record)
                 batch[(kind, record["id"])] = (record, text)
-        if not batch:
+        removals = check_removals(remove, set(batch))
+        if not batch and not removals:
             return
         self._heal()
         write_id = uuid.uuid4().hex
-        renamed: list[tuple[str, str, str]] = []
+        released: list[tuple[str, str, str]] = []  # (kind, name, id) whose claim goes
 
         def run(done: list[_Undo]) -> None:
             for (kind, record_id), (record, text) in batch.items():
@@ -213,35 +217,42 @@ class KubernetesStore(NameClaims, MetadataStore):
                 done.append(undo)
                 old_name = undo.before.get("name") if undo.before else None
                 if kind in NAMED_KINDS and old_name is not None and old_name != record.get("name"):
-                    renamed.append((kind, old_name, record_id))
+                    released.append((kind, old_name, record_id))
+            # Removals last: a process dying in between leaves the records to remove
+            # still there (disconnect's connection: 'disconnecting', which recovery heals).
+            for kind, record_id in removals:
+                if (name := self._remove_record(kind, record_id, write_id, done)) is not None:
+                    released.append((kind, name, record_id))
 
         self._undoable(run)
-        for kind, old_name, record_id in renamed:
-            self._release_claim(kind, old_name, record_id)
+        for kind, name, record_id in released:
+            self._release_claim(kind, name, record_id)
 
-    def delete(self, kind: str, record_id: str) -> None:
+    def delete(self, kind: str, record_id: str, *, durable: bool = True) -> None:
         check_kind(kind)
         check_filters(id=record_id)
         self._heal()
         write_id = uuid.uuid4().hex
+        name = self._undoable(lambda done: self._remove_record(kind, record_id, write_id, done))
+        if name is not None:
+            self._release_claim(kind, name, record_id)
+
+    def _remove_record(
+        self, kind: str, record_id: str, write_id: str, done: list[_Undo]
+    ) -> str | None:
+        """Delete one record (if there), its undo appended to ``done``; the name whose
+        claim it held (a named kind's record that was deleted), else None."""
         path = self._path(RESOURCES[kind], object_name(record_id))
-
-        def run(done: list[_Undo]) -> _Obj | None:
-            current = self._cached(path) or self._get(path)
-            if current is not None and current.spec.get("id") != record_id:
-                return None  # another id with the same hash: not this record
-            deleted, undo = self._remove(path, write_id, current)
-            if undo is not None:
-                done.append(undo)
-            return deleted
-
-        deleted = self._undoable(run)
-        if (
-            deleted is not None
-            and kind in NAMED_KINDS
-            and isinstance(deleted.spec.get("name"), str)
-        ):
-            self._release_claim(kind, deleted.spec["name"], record_id)
+        current = self._cached(path) or self._get(path)
+        if current is not None and current.spec.get("id") != record_id:
+            return None  # another id with the same hash: not this record
+        deleted, undo = self._remove(path, write_id, current)
+        if undo is not None:
+            done.append(undo)
+        if deleted is None or kind not in NAMED_KINDS:
+            return None
+        name = deleted.spec.get("name")
+        return name if isinstance(name, str) else None
 
     # -- key/value -----------------------------------------------------------
     def _kv_path(self, key: str) -> str:
