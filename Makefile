@@ -8,7 +8,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # strace counts the fsyncs of each RPC (tests/csi/test_fsync_budget.py, bench-fsyncs).
 APT_PACKAGES := lvm2 strace
 
-.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing bench-fsyncs bench-stores clean
+.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing \
+	bench-fsyncs bench-startup bench-stores clean
 
 install: system-deps $(STAMP) proto
 
@@ -66,7 +67,12 @@ bench-fsyncs: install
 	@mkdir -p bench-results
 	$(BIN)/python benchmarks/fsyncs.py | tee bench-results/fsyncs.json
 
-bench: bench-serialization bench-listing bench-fsyncs
+# Seconds from process start to a ready Probe and RSS, per mode (stage + publish as root).
+bench-startup: install
+	@mkdir -p bench-results
+	$(BIN)/python benchmarks/startup.py | tee bench-results/startup.json
+
+bench: bench-serialization bench-listing bench-fsyncs bench-startup
 
 # Every metadata store side by side (real etcd and kube-apiserver on loopback): create,
 # get and list-page p50/p99 and full-listing time at 1 000 and 10 000 volumes.

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import csi_driver
-from csi_driver import client, log_format, store_copy
+from csi_driver import log_format
 
 if TYPE_CHECKING:
     from csi_driver.config import PluginConfig
@@ -132,6 +132,8 @@ def _companions(
 
 
 def _tools_parser() -> argparse.ArgumentParser:
+    from csi_driver import client, store_copy  # the plugin itself needs neither
+
     parser = argparse.ArgumentParser(prog="csi-driver")
     parser.add_argument("--log-level", default="WARNING", help="Python log level")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         and not (argv[0].startswith("--log-level") and len(argv) > 2 and argv[2] in _TOOLS)
     ):
         return serve(argv)
+    from csi_driver import client, store_copy
+
     args = _tools_parser().parse_args(argv)
     _logging(args.log_level)
     if args.command == "store":

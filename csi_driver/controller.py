@@ -2,8 +2,10 @@
 done by the configured Cinder drivers with their state in the metadata store.
 
 Each RPC reads as: check the request -> hold the name/id -> look up what exists
-(idempotency) -> call the storage library -> build the response. Status codes
-come from ``errors.STATUS_CODES``; nothing here imports Cinder.
+(idempotency) -> call the storage library -> build the response; before all that,
+``require_backends`` answers UNAVAILABLE while the backends are still starting
+(``startup.py``). Status codes come from ``errors.STATUS_CODES``; nothing here
+imports Cinder.
 """
 
 from __future__ import annotations
@@ -45,8 +47,16 @@ _NAME_RACE_ROUNDS = 3
 
 @rpc.answer_unimplemented
 class ControllerService(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, config: PluginConfig, local_node: NodeState | None = None) -> None:
+    def __init__(
+        self,
+        config: PluginConfig,
+        local_node: NodeState | None = None,
+        require_backends: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config = config
+        #: Raises ``errors.Unavailable`` while the backends are starting (``startup.py``):
+        #: every RPC but ControllerGetCapabilities needs them, or the store's view of them.
+        self.require_backends = require_backends
         #: In ``all`` mode, the node service's records of what it staged on this host:
         #: the controller refuses to unpublish what they show still staged.
         self.local_node = local_node
@@ -61,6 +71,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateVolume(
         self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.CreateVolumeResponse:
+        self.require_backends()
         req.require(request.name, "name")
         access = req.check_capabilities(request.volume_capabilities)
         backend_cfg, volume_type = req.parameters(self.config, request.parameters)
@@ -205,6 +216,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def DeleteVolume(
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteVolumeResponse:
+        self.require_backends()
         req.require(request.volume_id, "volume_id")
         found = _optional(storage.get_volume, request.volume_id)
         volume = self._settled_volume(found) if found is not None else None
@@ -226,6 +238,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerExpandVolume(
         self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerExpandVolumeResponse:
+        self.require_backends()
         req.require(request.volume_id, "volume_id")
         if not request.HasField("capacity_range"):
             raise errors.InvalidRequest("capacity_range is required")
@@ -284,6 +297,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerPublishVolume(
         self, request: csi_pb2.ControllerPublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerPublishVolumeResponse:
+        self.require_backends()
         req.require(request.volume_id, "volume_id")
         req.require(request.node_id, "node_id")
         access = req.single_capability(request)
@@ -369,6 +383,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerUnpublishVolume(
         self, request: csi_pb2.ControllerUnpublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerUnpublishVolumeResponse:
+        self.require_backends()
         req.require(request.volume_id, "volume_id")
         volume = _optional(storage.get_volume, request.volume_id)
         if volume is None:
@@ -413,6 +428,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ValidateVolumeCapabilities(
         self, request: csi_pb2.ValidateVolumeCapabilitiesRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        self.require_backends()
         req.require(request.volume_id, "volume_id")
         if not request.volume_capabilities:
             raise errors.InvalidRequest("volume_capabilities is required")
@@ -446,6 +462,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ListVolumes(
         self, request: csi_pb2.ListVolumesRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ListVolumesResponse:
+        self.require_backends()
         _check_max_entries(request.max_entries)
         page, token = catalog.volumes_page(
             request.max_entries, request.starting_token, keep=_listed
@@ -472,6 +489,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerGetVolume(
         self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerGetVolumeResponse:
+        self.require_backends()
         req.require(request.volume_id, "volume_id")
         volume = self._volume(request.volume_id)
         return csi_pb2.ControllerGetVolumeResponse(
@@ -485,6 +503,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def GetCapacity(
         self, request: csi_pb2.GetCapacityRequest, context: grpc.ServicerContext
     ) -> csi_pb2.GetCapacityResponse:
+        self.require_backends()
         if request.volume_capabilities:
             req.check_capabilities(request.volume_capabilities)
         backend_cfg, _ = req.parameters(self.config, request.parameters)
@@ -520,6 +539,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateSnapshot(
         self, request: csi_pb2.CreateSnapshotRequest, context: grpc.ServicerContext
     ) -> csi_pb2.CreateSnapshotResponse:
+        self.require_backends()
         req.require(request.source_volume_id, "source_volume_id")
         req.require(request.name, "name")
         unknown = sorted(k for k in request.parameters
@@ -571,6 +591,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def DeleteSnapshot(
         self, request: csi_pb2.DeleteSnapshotRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteSnapshotResponse:
+        self.require_backends()
         req.require(request.snapshot_id, "snapshot_id")
         snapshot = _optional(storage.get_snapshot, request.snapshot_id)
         if snapshot is not None and recovery.must_heal(snapshot):
@@ -583,6 +604,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def GetSnapshot(
         self, request: csi_pb2.GetSnapshotRequest, context: grpc.ServicerContext
     ) -> csi_pb2.GetSnapshotResponse:
+        self.require_backends()
         req.require(request.snapshot_id, "snapshot_id")
         snapshot = _optional(storage.get_snapshot, request.snapshot_id)
         if snapshot is None:
@@ -593,6 +615,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ListSnapshots(
         self, request: csi_pb2.ListSnapshotsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ListSnapshotsResponse:
+        self.require_backends()
         _check_max_entries(request.max_entries)
         if request.snapshot_id:
             one = _optional(storage.get_snapshot, request.snapshot_id)

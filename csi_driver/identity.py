@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import grpc
@@ -12,12 +13,17 @@ from csi_driver import capabilities, rpc
 from csi_driver.config import PluginConfig
 from csi_driver.csi_pb import SPEC_VERSION, csi_pb2, csi_pb2_grpc
 
+LOG = logging.getLogger(__name__)
+
 
 @rpc.answer_unimplemented
 class IdentityService(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, config: PluginConfig, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, config: PluginConfig, not_ready: Callable[[], str | None] = lambda: None
+    ) -> None:
         self.config = config
-        self.ready = ready
+        #: Why the plugin cannot serve yet (e.g. its backends are starting), or None.
+        self.not_ready = not_ready
         self.inflight = rpc.InFlightLocks()
 
     @rpc.handler()
@@ -43,4 +49,7 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
     def Probe(
         self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ProbeResponse:
-        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=self.ready()))
+        reason = self.not_ready()
+        if reason is not None:
+            LOG.info("Probe: not ready: %s", reason)
+        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=reason is None))

@@ -4,6 +4,11 @@ Needs no Cinder and no metadata store, so a node that received a serialized
 connection can attach it. os-brick's privileged calls run in this process when
 it is root (``privsep='in-process'``), else through the venv's ``privsep-helper``
 started with the configured root helper.
+
+os-brick is loaded the first time it is needed, not at import: it costs a process
+~0.4 s and ~40 MiB (oslo.privsep brings eventlet in). ``local`` connections (the
+FileDriver's files, a block device of this host) are attached without it, as
+os-brick's own ``local`` connector only hands ``device_path`` back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shlex
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from csi_driver.storage.exceptions import AttachError, InvalidArgument, NotSupported
@@ -25,6 +31,9 @@ if TYPE_CHECKING:
     from csi_driver.storage.runtime import Settings
 
 LOG = logging.getLogger(__name__)
+
+#: The protocol attached without os-brick (see ``_LocalDevice``).
+LOCAL = "local"
 
 _lock = threading.Lock()
 _configured: tuple[Any, ...] | None = None
@@ -48,18 +57,13 @@ def configure_privsep(context: PrivContext, section: str, settings: Settings) ->
 
 
 def prepare() -> None:
-    """Load and configure os-brick now, on the calling thread.
-
-    os-brick pulls in eventlet (through oslo.privsep, oslo.service, futurist), and
-    importing eventlet on a worker thread leaves that thread impossible to join
-    (measured: a gRPC server then hangs at exit). A server calls this on its main
-    thread before it starts worker threads.
-    """
+    """Load and configure os-brick now rather than at its first use."""
     _configure()
 
 
 def _configure() -> None:
-    """Apply the library settings to oslo.config, oslo.concurrency and os-brick once."""
+    """Apply the library settings to oslo.config, oslo.concurrency and os-brick once,
+    loading os-brick on the way (on a thread nobody joins: see ``_on_own_thread``)."""
     global _configured
     from csi_driver.storage import runtime
 
@@ -70,19 +74,54 @@ def _configure() -> None:
     with _lock:
         if _configured == key:
             return
-        _use_native_threads()
-        import os_brick
-        from os_brick import privileged
-        from oslo_concurrency import lockutils
-        from oslo_config import cfg
-
-        os.makedirs(settings.file_locks_path, exist_ok=True)
-        lockutils.set_defaults(settings.file_locks_path)
-        os_brick.setup(cfg.CONF)
-        cfg.CONF.set_override("lock_path", settings.file_locks_path, group="os_brick")
-        for context in (privileged.default, privileged.brick_privsep_hide_output):
-            configure_privsep(context, "privsep_osbrick", settings)
+        _on_own_thread(lambda: _load(settings))
         _configured = key
+
+
+def _load(settings: Settings) -> None:
+    _use_native_threads()
+    import os_brick
+    import os_brick.initiator.connector  # imported here, off the callers' threads
+    from os_brick import privileged
+    from oslo_concurrency import lockutils
+    from oslo_config import cfg
+
+    os.makedirs(settings.file_locks_path, exist_ok=True)
+    lockutils.set_defaults(settings.file_locks_path)
+    os_brick.setup(cfg.CONF)
+    cfg.CONF.set_override("lock_path", settings.file_locks_path, group="os_brick")
+    for context in (privileged.default, privileged.brick_privsep_hide_output):
+        configure_privsep(context, "privsep_osbrick", settings)
+
+
+def _on_own_thread(work: Callable[[], None]) -> None:
+    """Run ``work`` on a thread nobody joins: in place on the main thread, else on a new
+    daemon thread, waited for (its exception is re-raised).
+
+    os-brick imports eventlet (through oslo.privsep, oslo.service, futurist), and
+    eventlet imports a second copy of ``threading`` whose ``_MainThread()`` replaces the
+    importing thread's end-of-thread lock: that thread never looks finished, so whatever
+    joins it (gRPC's worker pool at shutdown, ``concurrent.futures`` at exit) waits
+    forever.
+    """
+    if threading.current_thread() is threading.main_thread():
+        work()
+        return
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the waiting caller
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="os-brick-load", daemon=True).start()
+    done.wait()
+    if failure:
+        raise failure[0]
 
 
 def _use_native_threads() -> None:
@@ -114,6 +153,35 @@ def local_properties(
         enforce_multipath,
         host=settings.host,
     )
+
+
+class _LocalDevice:
+    """Attaches a ``local`` connection: the file or block device is on this host at
+    ``device_path`` already, so attach hands the path back and detach has nothing to
+    undo, as os-brick's ``local`` connector does, without loading os-brick."""
+
+    def connect_volume(self, data: dict[str, Any]) -> dict[str, Any]:
+        path = data.get("device_path") if isinstance(data, dict) else None
+        if not isinstance(path, str) or not path:
+            raise ValueError("no device_path in the connection properties")
+        return {"type": LOCAL, "path": path}
+
+    def disconnect_volume(
+        self, data: dict[str, Any], device: dict[str, Any] | None, force: bool = False
+    ) -> None:
+        """Nothing to undo: connect_volume set nothing up."""
+
+    def extend_volume(self, data: dict[str, Any]) -> int:
+        """The size in bytes the device (or file) shows now."""
+        with open(data["device_path"], "rb") as device:
+            return device.seek(0, os.SEEK_END)
+
+
+def _attacher(connection_info: dict[str, Any], use_multipath: bool) -> Any:
+    """What attaches this connection: ``_LocalDevice`` for ``local``, else os-brick."""
+    if isinstance(connection_info, dict) and connection_info.get("driver_volume_type") == LOCAL:
+        return _LocalDevice()
+    return _brick(connection_info, use_multipath)
 
 
 def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
@@ -155,18 +223,17 @@ def _brick(connection_info: dict[str, Any], use_multipath: bool) -> Any:
 def check_protocol(connection_info: dict[str, Any]) -> None:
     """Refuse, before anything is attached, a connection whose protocol os-brick does not
     know (InvalidArgument) or this host cannot attach (NotSupported)."""
-    _brick(connection_info, use_multipath=False)
+    _attacher(connection_info, use_multipath=False)
 
 
 def _malformed(exc: BaseException) -> bool:
     """Whether os-brick failed on the shape of the connection properties (a key missing,
     a value of the wrong type), not on the host or the storage."""
+    if isinstance(exc, KeyError | TypeError | ValueError):
+        return True  # decided without os-brick, which a local attach has not loaded
     from os_brick import exception as brick_errors
 
-    return isinstance(
-        exc,
-        KeyError | TypeError | ValueError | brick_errors.Invalid | brick_errors.VolumePathsNotFound,
-    )
+    return isinstance(exc, brick_errors.Invalid | brick_errors.VolumePathsNotFound)
 
 
 def describe_target(data: dict[str, Any]) -> str:
@@ -189,8 +256,9 @@ def describe_target(data: dict[str, Any]) -> str:
 
 
 def connect(connection_info: dict[str, Any], use_multipath: bool = False) -> dict[str, Any]:
-    """Attach with os-brick; returns what ``connect_volume`` returned (has 'path')."""
-    brick = _brick(connection_info, use_multipath)
+    """Attach (os-brick, or ``_LocalDevice`` for ``local``); returns what
+    ``connect_volume`` returned (has 'path')."""
+    brick = _attacher(connection_info, use_multipath)
     protocol = connection_info["driver_volume_type"]
     try:
         # A copy: os-brick rewrites what it is given (NVMe-oF converts the old
@@ -201,7 +269,7 @@ def connect(connection_info: dict[str, Any], use_multipath: bool = False) -> dic
         target = describe_target(data if isinstance(data, dict) else {})
         if _malformed(exc):
             raise InvalidArgument(
-                f"{protocol} connection info is malformed for os-brick "
+                f"{protocol} connection info is malformed "
                 f"({type(exc).__name__}: {mask_text(str(exc))})"
             ) from exc
         raise AttachError(f"{protocol} attach to {target} failed: {mask_text(str(exc))}") from exc
@@ -217,8 +285,8 @@ def disconnect(
     use_multipath: bool = False,
     force: bool = False,
 ) -> None:
-    """Detach with os-brick."""
-    brick = _brick(connection_info, use_multipath)
+    """Detach (os-brick, or ``_LocalDevice`` for ``local``)."""
+    brick = _attacher(connection_info, use_multipath)
     protocol = connection_info["driver_volume_type"]
     try:
         brick.disconnect_volume(
@@ -230,8 +298,8 @@ def disconnect(
 
 def extend(connection_info: dict[str, Any], use_multipath: bool = False) -> int | None:
     """Make an attached device show its volume's new size (os-brick rescans); returns
-    the new size in bytes, or None when the protocol has no rescan (e.g. 'local')."""
-    brick = _brick(connection_info, use_multipath)
+    the new size in bytes, or None when the protocol has no rescan."""
+    brick = _attacher(connection_info, use_multipath)
     protocol = connection_info["driver_volume_type"]
     try:
         size = brick.extend_volume(copy.deepcopy(connection_info.get("data", {})))

@@ -61,14 +61,22 @@ def write_config(directory: Path, backends: list[dict[str, Any]] | None = None,
     return path
 
 
+#: How the interpreter runs the plugin: the shipped command's module.
+PLUGIN_MODULE = ("-m", "csi_driver.cli")
+
+
 class PluginProcess:
     def __init__(
         self, config: Path, mode: str, socket_path: Path, log: Path,
         env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+        launcher: Sequence[str] = PLUGIN_MODULE,
     ) -> None:  # fmt: skip
         self.config = config
         #: More command-line options (e.g. the kubelet ones: --registration-dir ...).
         self.args = list(args)
+        #: The interpreter's arguments before the plugin's options: the module, or a
+        #: ``-c`` script running ``cli.main`` (a test reading what the process imported).
+        self.launcher = list(launcher)
         self.env = {**os.environ, **(env or {})}
         self.mode = mode
         self.socket = socket_path
@@ -77,9 +85,11 @@ class PluginProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
 
-    def start(self) -> PluginProcess:
+    def start(self, ready: bool = True) -> PluginProcess:
+        """Start and wait until Probe answers ready; with ``ready=False``, until it answers
+        at all (a controller whose backends are still starting answers not ready)."""
         command = [
-            sys.executable, "-m", "csi_driver.cli", "--endpoint", self.endpoint,
+            sys.executable, *self.launcher, "--endpoint", self.endpoint,
             "--mode", self.mode, "--config", str(self.config), "--log-level", "DEBUG",
             *self.args,
         ]  # fmt: skip
@@ -92,18 +102,20 @@ class PluginProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"plugin ({self.mode}) exited at start:\n{self.log()[-3000:]}")
             # "serving CSI" is logged once the registration and health servers run too.
-            if self.socket.exists() and self._probe() and "serving CSI" in self.log():
+            answer = self.probe() if self.socket.exists() else None
+            if answer is not None and (answer or not ready) and "serving CSI" in self.log():
                 return self
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"plugin ({self.mode}) not ready in {START_TIMEOUT}s:\n{self.log()}")
 
-    def _probe(self) -> bool:
+    def probe(self) -> bool | None:
+        """Whether Probe answers ready; None when it does not answer."""
         with grpc.insecure_channel(f"unix:{self.socket}") as channel:
             try:
                 reply = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=5)
             except grpc.RpcError:
-                return False
+                return None
         return reply.ready.value
 
     def stop(self, timeout: float = 60.0) -> int:

@@ -286,3 +286,42 @@ class SlowFileDriver(FaultInjectingFileDriver):
             with open(os.path.join(marker_dir, method), "a", encoding="utf-8"):
                 pass
         time.sleep(self.configuration.safe_get("fault_slow_seconds") or 0.0)
+
+
+gate_opts = [
+    cfg.StrOpt(
+        "fault_setup_gate_dir",
+        help="Directory in which do_setup announces itself (file 'waiting') and waits for "
+        "the test's word: a file 'open' (set up) or 'fail' (raise).",
+    ),
+]
+#: Seconds a gated do_setup waits for the test's word at most, so a test that died
+#: leaves no process waiting forever.
+GATE_TIMEOUT = 300.0
+
+
+class GatedSetupFileDriver(FileDriver):
+    """FileDriver whose ``do_setup`` waits for the test (fault injection, a fake on
+    purpose): a backend slow to start, as an array that takes its time to answer, so a
+    test can watch the plugin serve while its backends start.
+
+    ``do_setup`` touches ``waiting`` in ``fault_setup_gate_dir``, then waits until the
+    test creates ``open`` there (it then sets up as the FileDriver does) or ``fail`` (it
+    raises as a driver that cannot reach its array).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(gate_opts)
+
+    def do_setup(self, context: Any) -> None:
+        gate = self.configuration.safe_get("fault_setup_gate_dir")
+        os.makedirs(gate, exist_ok=True)
+        with open(os.path.join(gate, "waiting"), "a", encoding="utf-8"):
+            pass
+        deadline = time.monotonic() + GATE_TIMEOUT
+        while not os.path.exists(os.path.join(gate, "open")):
+            if os.path.exists(os.path.join(gate, "fail")) or time.monotonic() > deadline:
+                raise exception.VolumeBackendAPIException(data=f"{INJECTED}: array unreachable")
+            time.sleep(0.02)
+        super().do_setup(context)
