@@ -49,13 +49,15 @@ podman exec "$name" sh -c 'for t in iscsiadm nvme multipath multipathd lsscsi mk
     command -v "$t" >/dev/null || { echo "missing in the image: $t"; exit 1; }; done'
 
 for _ in $(seq 120); do
-  if out=$(podman exec "$name" csi-driver call --timeout 5 --endpoint unix:///tmp/x/csi.sock probe 2>&1); then
+  # The controller answers Probe as soon as it listens, not ready until its backend is up.
+  if out=$(podman exec "$name" csi-driver call --timeout 5 --endpoint unix:///tmp/x/csi.sock probe 2>&1) \
+      && [ "$(tr -d ' \n' <<<"$out")" != '{"ready":false}' ]; then
     echo "$image: probe $(tr -d ' \n' <<<"$out") $(( ($(date +%s%N) - start) / 1000000 )) ms after start"
     exit 0
   fi
   if [ "$(podman inspect -f '{{.State.Running}}' "$name")" != true ]; then break; fi
   sleep 0.5
 done
-echo "smoke.sh: $image did not answer Probe; last answer: $out" >&2
+echo "smoke.sh: $image did not answer Probe ready; last answer: $out" >&2
 podman logs "$name" 2>&1 | tail -30 >&2
 exit 1
