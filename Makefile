@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := lvm2 strace
 
 .PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing \
-	bench-fsyncs bench-startup bench-stores clean
+	bench-fsyncs bench-startup bench-rpc bench-stores clean
 
 install: system-deps $(STAMP) proto
 
@@ -72,7 +72,19 @@ bench-startup: install
 	@mkdir -p bench-results
 	$(BIN)/python benchmarks/startup.py | tee bench-results/startup.json
 
-bench: bench-serialization bench-listing bench-fsyncs bench-startup
+# Every benchmark on the working tree and on a baseline commit (a git worktree of the
+# merge-base with origin/main, or BENCH_BASELINE=<rev>; BENCH_BASELINE=none: no baseline),
+# alternated to share the machine's noise: ONE JSON document with current/baseline ratios,
+# also in bench-results/bench-<date>.json and bench-results/latest.json.
+bench: install
+	@mkdir -p bench-results
+	@$(BIN)/python benchmarks/run_all.py
+
+# CreateVolume+DeleteVolume pairs: p50/p90/p99 sequential and at 8/32 clients, pairs/s,
+# and the plugin's RSS idle and with 1 000 volumes.
+bench-rpc: install
+	@mkdir -p bench-results
+	$(BIN)/python benchmarks/rpc_latency.py | tee bench-results/rpc_latency.json
 
 # Every metadata store side by side (real etcd and kube-apiserver on loopback): create,
 # get and list-page p50/p99 and full-listing time at 1 000 and 10 000 volumes.
