@@ -38,20 +38,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import grpc  # noqa: E402
-from csi_support.plugin import PluginProcess, file_backend, running, write_config  # noqa: E402
+from csi_support.plugin import (  # noqa: E402
+    PluginProcess,
+    file_backend,
+    rss_mib,
+    running,
+    write_config,
+)
 from csi_support.requests import create_request  # noqa: E402
 
 from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc  # noqa: E402
 
 TIMEOUT = 120.0
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
@@ -214,16 +212,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with running(config, "controller", root, args=("--log-level", "INFO")) as plugin:
             assert plugin.process is not None
             pid = plugin.process.pid
-            result: dict[str, Any] = {"rss_idle_mib": _rss_mib(pid)}
+            result: dict[str, Any] = {"rss_idle_mib": rss_mib(pid)}
             profile = args.profile and _profiled(pid, Path(args.profile), args.profile_tools)
             with profile or nullcontext():
                 result["sequential"] = sequential(plugin, args.pairs, args.warmup)
             counts = [int(n) for n in args.clients.split(",") if n]
             result["concurrent"] = [concurrent(plugin, n, args.pairs_per_client) for n in counts]
-            result["rss_after_pairs_mib"] = _rss_mib(pid)
+            result["rss_after_pairs_mib"] = rss_mib(pid)
             result["fill_s"] = round(fill(plugin, args.volumes), 2)
             result["volumes"] = args.volumes
-            result["rss_volumes_mib"] = _rss_mib(pid)
+            result["rss_volumes_mib"] = rss_mib(pid)
     return result
 
 

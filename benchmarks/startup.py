@@ -33,11 +33,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-import grpc  # noqa: E402
-from csi_support.plugin import Stubs, file_backend, running, write_config  # noqa: E402
+from csi_support.plugin import (  # noqa: E402
+    Stubs,
+    file_backend,
+    probe,
+    rss_mib,
+    running,
+    write_config,
+)
 from csi_support.requests import capability, create_request  # noqa: E402
 
-from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc  # noqa: E402
+from csi_driver.csi_pb import csi_pb2  # noqa: E402
 
 #: Seconds between looks for the socket (free for the plugin) and between Probes: each
 #: Probe takes the plugin's interpreter lock for a moment, away from its start-up work,
@@ -45,24 +51,6 @@ from csi_driver.csi_pb import csi_pb2, csi_pb2_grpc  # noqa: E402
 SOCKET_POLL_SECONDS = 0.005
 PROBE_POLL_SECONDS = 0.05
 START_TIMEOUT = 120.0
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def _probe(socket_path: Path) -> bool | None:
-    """Probe's answer, or None while nothing answers."""
-    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
-        try:
-            reply = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=1)
-        except grpc.RpcError:
-            return None
-    return reply.ready.value
 
 
 class Started:
@@ -85,14 +73,14 @@ class Started:
             if not self.socket.exists():
                 time.sleep(SOCKET_POLL_SECONDS)
                 continue
-            ready = _probe(self.socket)
+            ready = probe(self.socket, timeout=1)
             if ready is not None and self.answering_s is None:
                 self.answering_s = round(elapsed, 3)
             if ready:
                 self.ready_s = round(elapsed, 3)
                 break
             time.sleep(PROBE_POLL_SECONDS if ready is not None else SOCKET_POLL_SECONDS)
-        self.rss_ready_mib = _rss_mib(self.process.pid)
+        self.rss_ready_mib = rss_mib(self.process.pid)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -117,7 +105,7 @@ def _node_calls(
     target.parent.mkdir()
     try:
         node_id = stubs.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=60).node_id
-        rss_info = _rss_mib(node.process.pid)
+        rss_info = rss_mib(node.process.pid)
         context = controller.controller.ControllerPublishVolume(
             csi_pb2.ControllerPublishVolumeRequest(
                 volume_id=volume_id, node_id=node_id, volume_capability=cap
@@ -129,7 +117,7 @@ def _node_calls(
         stubs.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
             volume_id=volume_id, staging_target_path=str(staging), target_path=str(target),
             volume_capability=cap), timeout=120)  # fmt: skip
-        rss = _rss_mib(node.process.pid)
+        rss = rss_mib(node.process.pid)
         stubs.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
             volume_id=volume_id, target_path=str(target)), timeout=120)  # fmt: skip
         stubs.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(

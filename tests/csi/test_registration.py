@@ -73,17 +73,24 @@ def stopped_at_end(process: KubeletPlugin) -> Iterator[KubeletPlugin]:
     assert code == 0, process.log()[-3000:]
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeletPlugin, Path, int]]:
-    """A node plugin registering through ``registry/`` with /healthz on a free port."""
-    root = tmp_path_factory.mktemp("kubelet")
+def node_plugin(root: Path) -> tuple[KubeletPlugin, Path, int]:
+    """A node plugin (not started) registering through ``root/registry/``, with
+    /healthz and /readyz on a free port: (process, registry, port)."""
     registry = root / "registry"
     registry.mkdir()
     port = free_port()
     process = KubeletPlugin(root, "node", [
         "--registration-dir", str(registry), "--kubelet-endpoint", HOST_ENDPOINT,
         "--health-port", str(port), "--health-address", "127.0.0.1",
-    ], name="node").start()  # fmt: skip
+    ], name="node")  # fmt: skip
+    return process, registry, port
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeletPlugin, Path, int]]:
+    """A started node plugin (see ``node_plugin``), shared by the module's tests."""
+    process, registry, port = node_plugin(tmp_path_factory.mktemp("kubelet"))
+    process.start()
     try:
         yield process, registry, port
     finally:
@@ -129,13 +136,7 @@ def test_the_node_turns_ready_only_when_kubelet_confirms_the_registration(
 ) -> None:
     """kubelet confirms after it wrote CSINode and the Node's topology labels: before
     that a Ready pod would let pods be scheduled by labels not there yet."""
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    port = free_port()
-    process = KubeletPlugin(tmp_path, "node", [
-        "--registration-dir", str(registry), "--kubelet-endpoint", HOST_ENDPOINT,
-        "--health-port", str(port), "--health-address", "127.0.0.1",
-    ], name="node")  # fmt: skip
+    process, registry, port = node_plugin(tmp_path)
     with stopped_at_end(process.start()):
         before = healthz(port, "/readyz"), healthz(port)
         channel, stub = registration_stub(reg_socket(registry))

@@ -29,6 +29,26 @@ FILE_DRIVER = "csi_driver.storage.drivers.file.FileDriver"
 START_TIMEOUT = float(os.environ.get("CSI_TEST_START_TIMEOUT", "60"))
 
 
+def probe(socket: Path, timeout: float = 5.0) -> bool | None:
+    """Whether the plugin on ``socket`` answers Probe ready; None when it does not answer."""
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        try:
+            stub = csi_pb2_grpc.IdentityStub(channel)
+            reply = stub.Probe(csi_pb2.ProbeRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+    return reply.ready.value
+
+
+def rss_mib(pid: int) -> float:
+    """The process's resident memory (VmRSS) in MiB, one decimal."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 def file_backend(directory: Path, name: str = "embedded", **extra: Any) -> dict[str, Any]:
     return {"name": name, "driver": FILE_DRIVER,
             "options": {"file_volumes_dir": str(directory / name)}, **extra}  # fmt: skip
@@ -111,12 +131,7 @@ class PluginProcess:
 
     def probe(self) -> bool | None:
         """Whether Probe answers ready; None when it does not answer."""
-        with grpc.insecure_channel(f"unix:{self.socket}") as channel:
-            try:
-                reply = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=5)
-            except grpc.RpcError:
-                return None
-        return reply.ready.value
+        return probe(self.socket)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then wait; SIGKILL (and a failing code) if it does not stop."""
