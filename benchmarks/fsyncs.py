@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -123,7 +124,7 @@ def _target(path: str, root: Path) -> str:
         return "sqlite-db"
     if path == str(root):
         # SQLite fsyncs the directory at a connection's first sync of the WAL (once per
-        # connection: the store opens one per gRPC worker thread, at most 10).
+        # connection: the store opens one per thread that writes, at most grpc_workers).
         return "sqlite-dir"
     if path == volumes:
         return "volume-dir"
@@ -281,6 +282,53 @@ def count(rounds: int = 10, synchronous: str = "FULL", warmup: int = 1) -> Count
         return Counts(synchronous.upper(), calls, outside, outside_commits)
 
 
+def grouped(clients: int, pairs_per_client: int, synchronous: str = "FULL") -> dict[str, Any]:
+    """Fsyncs per CreateVolume+DeleteVolume pair while ``clients`` clients (a thread and
+    a channel each) make pairs at once, under strace: commits that overlap share the
+    WAL's fsync (group commit), so it falls below a lone pair's."""
+    with tempfile.TemporaryDirectory(prefix="bench-grouped-") as work:
+        root = Path(work)
+        trace = root / "strace.out"
+        with _controller(root, synchronous, counting=False) as plugin:
+            # A warm-up round at full width: every worker thread has its connection.
+            _pairs_in_threads(plugin, clients, 1, "warm")
+            assert plugin.process is not None
+            with _traced(plugin.process.pid, trace):
+                started = time.time()
+                _pairs_in_threads(plugin, clients, pairs_per_client, "grouped")
+                ended = time.time()
+                plugin.stop()
+        events = _sync_events(trace, root)
+    targets = Counter(target for stamp, target, _ in events if started <= stamp <= ended)
+    pairs = clients * pairs_per_client
+    per_pair = {k: round(v / pairs, 2) for k, v in sorted(targets.items())}
+    return {"clients": clients, "pairs": pairs, "wal_fsyncs_per_pair": per_pair.get("sqlite-wal"),
+            "fsyncs_per_pair": round(sum(targets.values()) / pairs, 2),
+            "fsync_targets": per_pair}  # fmt: skip
+
+
+def _pairs_in_threads(plugin: PluginProcess, clients: int, pairs: int, prefix: str) -> None:
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        stubs = Stubs(plugin)
+        try:
+            for n in range(pairs):
+                _pair(stubs, f"{prefix}-{index}-{n}")
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+        finally:
+            stubs.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} client(s) failed; first: {errors[0]!r}")
+
+
 def pair_latency(pairs: int = 100, synchronous: str = "FULL", warmup: int = 5) -> list[float]:
     """Seconds of each CreateVolume (1 GiB) + DeleteVolume pair, one pair at a time."""
     with tempfile.TemporaryDirectory(prefix="bench-pairs-") as work:
@@ -297,8 +345,8 @@ def pair_latency(pairs: int = 100, synchronous: str = "FULL", warmup: int = 5) -
     return times
 
 
-def _pair(stubs: Stubs, index: int) -> None:
-    volume = stubs.controller.CreateVolume(create_request(f"pair-{index}"), timeout=120).volume
+def _pair(stubs: Stubs, name: int | str) -> None:
+    volume = stubs.controller.CreateVolume(create_request(f"pair-{name}"), timeout=120).volume
     stubs.controller.DeleteVolume(
         csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=120
     )
@@ -321,6 +369,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100, help="timed pairs a run")
     parser.add_argument("--runs", type=int, default=3, help="timing runs (0: no timing)")
     parser.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"))
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent clients of the grouped count (0: none)"
+    )
+    parser.add_argument("--pairs-per-client", type=int, default=10)  # fmt: skip
     args = parser.parse_args()
     result: dict[str, Any] = {
         "benchmark": "controller_fsyncs", "backend": "FileDriver", "store": "sqlite",
@@ -331,6 +383,9 @@ def main() -> None:
         result["rpcs"] = counts.summary()
         result["between_calls"] = {"fsyncs": dict(counts.outside_fsyncs),
                                    "commits": counts.outside_commits}  # fmt: skip
+    if args.clients:
+        result["concurrent"] = _measure("grouped commits", lambda: grouped(
+            args.clients, args.pairs_per_client, args.synchronous))  # fmt: skip
     if args.runs:
         result["timing"] = _measure(
             "timing", lambda: _timing(args.pairs, args.runs, args.synchronous)

@@ -6,7 +6,8 @@ interpreter with ``PYTHONPATH`` at the worktree (so ``import csi_driver`` and th
 plugin processes resolve there) and the git-ignored generated protobuf modules copied
 in. Baseline: ``BENCH_BASELINE`` (any git rev) when set, else the merge-base of HEAD
 with ``origin/main`` when that ref exists, else none (``BENCH_BASELINE=none`` also
-turns it off). A script the baseline does not have is not compared. Current and
+turns it off). A script the baseline does not have runs from this tree against the
+baseline's code (``script_from`` in its result). Current and
 baseline runs alternate, several rounds for the cheap scripts, so both see the same
 machine load; ``samples`` holds each metric's value per round and ``ratios`` the
 current / baseline ratio of their medians: on a noisy machine read those, not absolutes.
@@ -56,7 +57,7 @@ BENCHES: dict[str, Bench] = {
     "serialization": Bench("benchmarks/serialization.py"),
     "list_volumes": Bench("benchmarks/list_volumes.py", rounds=2),
     "fsyncs": Bench("benchmarks/fsyncs.py", ("--rounds", "10", "--runs", "1"), rounds=5,
-                    later=("--rounds", "0", "--runs", "1")),
+                    later=("--rounds", "0", "--runs", "1", "--clients", "0")),
     "startup": Bench("benchmarks/startup.py", ("--runs", "3"), rounds=2),
     "rpc_latency": Bench("benchmarks/rpc_latency.py", rounds=3),
 }  # fmt: skip
@@ -70,6 +71,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "fsyncs.pair_ms_p50": ("fsyncs", "timing", "pair_ms_p50"),
     "fsyncs.CreateVolume": ("fsyncs", "rpcs", "CreateVolume", "fsyncs"),
     "fsyncs.DeleteVolume": ("fsyncs", "rpcs", "DeleteVolume", "fsyncs"),
+    "fsyncs.wal_per_pair_8": ("fsyncs", "concurrent", "wal_fsyncs_per_pair"),
     "startup.controller_ready_s": ("startup", "controller", "median", "ready_s"),
     "startup.controller_rss_mib": ("startup", "controller", "median", "rss_ready_mib"),
     "startup.all_ready_s": ("startup", "all", "median", "ready_s"),
@@ -82,8 +84,10 @@ METRICS: dict[str, tuple[str, ...]] = {
     "rpc_latency.delete_ms_p50": ("rpc_latency", "sequential", "delete_ms", "p50"),
     "rpc_latency.pairs_per_s_8": ("rpc_latency", "concurrent", "0", "pairs_per_s"),
     "rpc_latency.pair_ms_p50_8": ("rpc_latency", "concurrent", "0", "pair_ms", "p50"),
+    "rpc_latency.pair_ms_p99_8": ("rpc_latency", "concurrent", "0", "pair_ms", "p99"),
     "rpc_latency.pairs_per_s_32": ("rpc_latency", "concurrent", "1", "pairs_per_s"),
     "rpc_latency.pair_ms_p50_32": ("rpc_latency", "concurrent", "1", "pair_ms", "p50"),
+    "rpc_latency.pair_ms_p99_32": ("rpc_latency", "concurrent", "1", "pair_ms", "p99"),
     "rpc_latency.rss_idle_mib": ("rpc_latency", "rss_idle_mib"),
     "rpc_latency.rss_volumes_mib": ("rpc_latency", "rss_volumes_mib"),
 }
@@ -124,12 +128,16 @@ def worktree(rev: str) -> Iterator[Path]:
             _git("worktree", "remove", "--force", str(tree))
 
 
-def run_bench(tree: Path, name: str, baseline: bool, first: bool) -> dict[str, Any] | None:
-    """One bench script of ``tree`` in a subprocess: its JSON line, an error, or None
-    when ``tree`` has no such script."""
+def run_bench(tree: Path, name: str, baseline: bool, first: bool) -> dict[str, Any]:
+    """One bench script in a subprocess against ``tree``'s code: its JSON line (with
+    ``script_from`` saying whose script ran) or an error. The baseline runs its own
+    script, or this tree's when it has none (a benchmark newer than the baseline: it
+    drives the plugin over gRPC, so it measures the baseline's code all the same)."""
     bench = BENCHES[name]
-    if not (tree / bench.script).exists():
-        return None
+    script = tree / bench.script
+    script_from = "baseline" if baseline else "current"
+    if not script.exists():
+        script, script_from = REPO / bench.script, "current"
     args = bench.args if first or bench.later is None else bench.later
     env = dict(os.environ)
     # Run in ``tree``: ``python -m csi_driver.cli`` (the plugins the scripts start) puts
@@ -140,7 +148,7 @@ def run_bench(tree: Path, name: str, baseline: bool, first: bool) -> dict[str, A
     print(f"bench: {name} ({label})...", file=sys.stderr, flush=True)
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, bench.script, *args], cwd=tree, env=env, capture_output=True, text=True
+        [sys.executable, str(script), *args], cwd=tree, env=env, capture_output=True, text=True
     )
     seconds = round(time.monotonic() - started, 1)
     lines = done.stdout.strip().splitlines()
@@ -149,6 +157,7 @@ def run_bench(tree: Path, name: str, baseline: bool, first: bool) -> dict[str, A
                 "bench_seconds": seconds}  # fmt: skip
     result = json.loads(lines[-1])
     result["bench_seconds"] = seconds
+    result["script_from"] = script_from
     return result
 
 
@@ -224,8 +233,7 @@ def main() -> None:
                         continue
                     where = tree if is_baseline and tree else REPO
                     result = run_bench(where, name, is_baseline, first=index == 0)
-                    if result is not None:
-                        (baseline if is_baseline else current)[index][name] = result
+                    (baseline if is_baseline else current)[index][name] = result
     # Full output of each bench's first round; the metrics of every round.
     document["results"], document["baseline_results"] = current[0], baseline[0]
     document["samples"] = {"current": samples(current), "baseline": samples(baseline)}

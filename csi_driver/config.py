@@ -21,6 +21,10 @@ import yaml
 
 #: The plugin name Kubernetes objects (StorageClass provisioner, CSIDriver) refer to.
 DEFAULT_DRIVER_NAME = "csi-driver.cinder"
+#: Calls served at once by default: enough that slow driver calls (a clone copying for
+#: minutes) leave threads for Probe and the quick calls; Python threads are cheap.
+DEFAULT_GRPC_WORKERS = 32
+MAX_GRPC_WORKERS = 1024
 #: CSI: a plugin name is domain-like, at most 63 characters, alphanumeric at both ends.
 _DRIVER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
 #: Storage settings the plugin decides itself rather than the file.
@@ -96,6 +100,9 @@ class PluginConfig:
     #: lets the CO's retries heal first: a retried publish finishes an interrupted
     #: export, where the reconciler, knowing no one waits for it, undoes it.
     reconcile_delay_seconds: float = 0.0
+    #: Threads serving CSI calls at once; more calls wait in gRPC's queue. Each thread
+    #: that uses the SQLite store keeps one connection to it, so this also bounds those.
+    grpc_workers: int = DEFAULT_GRPC_WORKERS
 
     def backend(self, name: str) -> BackendConfig | None:
         return next((b for b in self.backends if b.name == name), None)
@@ -271,6 +278,7 @@ def from_dict(raw: Any) -> PluginConfig:
         shutdown_grace_seconds=_seconds(data, "shutdown_grace_seconds", 20.0),
         reconcile_interval_seconds=_seconds(data, "reconcile_interval_seconds", 60.0),
         reconcile_delay_seconds=_seconds(data, "reconcile_delay_seconds", 0.0, zero=True),
+        grpc_workers=_count(data, "grpc_workers", DEFAULT_GRPC_WORKERS, MAX_GRPC_WORKERS),
     )
 
 
@@ -348,6 +356,13 @@ def _seconds(data: Mapping[str, Any], key: str, default: float, zero: bool = Fal
             "(below a day)"
         )
     return float(value)
+
+
+def _count(data: Mapping[str, Any], key: str, default: int, most: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ConfigError(f"{key}: {value!r} is not a whole number from 1 to {most}")
+    return value
 
 
 def _volume_type(raw: Any, where: str) -> Mapping[str, Any]:

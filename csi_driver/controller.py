@@ -222,8 +222,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume = self._settled_volume(found) if found is not None else None
         if volume is None:
             return csi_pb2.DeleteVolumeResponse()  # gone already: success, as the spec says
-        self._settle_dependents(volume)
-        volume = storage.get_volume(volume.id)  # what is left, read again
+        if self._settle_dependents(volume):
+            volume = storage.get_volume(volume.id)  # what is left, read again
         if connections := volume.connections:
             nodes = sorted({c.connector.get(NODE_ID_PROPERTY) or c.attached_host or "?"
                             for c in connections})  # fmt: skip
@@ -281,16 +281,21 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             return None
         return volume
 
-    def _settle_dependents(self, volume: Volume) -> None:
+    def _settle_dependents(self, volume: Volume) -> bool:
         """Heal the volume's snapshots and connections that an interrupted operation
-        left (a snapshot stuck 'creating' would otherwise block DeleteVolume forever)."""
+        left (a snapshot stuck 'creating' would otherwise block DeleteVolume forever);
+        whether there was any."""
+        healed = False
         for snapshot in storage.find_snapshots(volume_id=volume.id):
             if recovery.must_heal(snapshot):
                 with self.inflight.hold([f"snapshot:{snapshot.id}"]):
                     recovery.heal_snapshot(snapshot)
+                healed = True
         for connection in list(volume.connections):
             if recovery.must_heal(connection):
                 recovery.heal_connection(connection)
+                healed = True
+        return healed
 
     # -- publishing -----------------------------------------------------------------
     @rpc.handler(lock=lambda r: [f"volume:{r.volume_id}"] if r.volume_id else [])

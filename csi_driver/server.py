@@ -258,7 +258,6 @@ class _Shutdown:
 def build_server(
     config: PluginConfig,
     mode: str,
-    max_workers: int = 10,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     startup: BackendStartup | None = None,
 ) -> tuple[grpc.Server, futures.ThreadPoolExecutor, Reconciler | None]:
@@ -268,7 +267,7 @@ def build_server(
     wait for its backends."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="csi")
+    executor = futures.ThreadPoolExecutor(config.grpc_workers, thread_name_prefix="csi")
     server = grpc.server(executor, interceptors=interceptors)
     reconciler = None
     identity = IdentityService(config, startup.not_ready) if startup else IdentityService(config)

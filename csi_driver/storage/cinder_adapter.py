@@ -826,9 +826,10 @@ class DriverHost:
             LOG.warning("backend %s: cleanup of failed volume %s: %s", self.name,
                         record["id"], exc)  # fmt: skip
 
-    def delete_volume(self, record: Record) -> None:
+    def delete_volume(self, record: Record, connections: list[Record] | None = None) -> None:
+        """``connections``: the volume's, when the caller has just read them (else read)."""
         with self._calling("delete volume", ("volume", record)):
-            self.driver.delete_volume(self._volume_object(self._context(), record))
+            self.driver.delete_volume(self._volume_object(self._context(), record, connections))
 
     def extend_volume(self, record: Record, size: int) -> Record:
         with self._calling("extend volume", ("volume", record)):

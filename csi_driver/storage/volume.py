@@ -101,9 +101,10 @@ class Volume(Resource):
         validation.check_optional_str("name", name)
         validation.check_optional_str("description", description)
         opts = validation.volume_extras(extra)
-        volume_id = opts.pop("id", None) or new_id()
-        if backend._store().get_volumes(volume_id=volume_id):
+        volume_id = opts.pop("id", None)
+        if volume_id and backend._store().get_volumes(volume_id=volume_id):
             raise InvalidArgument(f"a volume with id {volume_id!r} already exists")
+        volume_id = volume_id or new_id()  # a fresh uuid4 is taken by nothing
         settings = backend._settings()
         now = utcnow()
         return compact(
@@ -192,7 +193,7 @@ class Volume(Resource):
             raise InvalidState(
                 f"volume {self.id} has {len(connections)} connection(s); disconnect them first"
             )
-        self._run_delete(lambda: self.backend._host.delete_volume(self._data))
+        self._run_delete(lambda: self.backend._host.delete_volume(self._data, connections=[]))
         # Not durable: a power loss that undoes it leaves the record 'deleting', which
         # recovery finishes (the driver's delete succeeds on what is gone).
         store.delete(VOLUME_KIND, self.id, durable=False)

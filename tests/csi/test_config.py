@@ -69,6 +69,11 @@ def test_reliability_and_safety_defaults() -> None:
     assert cfg.shutdown_grace_seconds == 20.0
     assert cfg.reconcile_interval_seconds == 60.0
     assert cfg.reconcile_delay_seconds == 0.0
+    assert cfg.grpc_workers == 32
+
+
+def test_grpc_workers_is_read() -> None:
+    assert config.from_dict({"grpc_workers": 4}).grpc_workers == 4
 
 
 def test_local_roots_per_mode() -> None:
@@ -180,6 +185,10 @@ INVALID: list[Any] = [
     pytest.param(
         {"reconcile_delay_seconds": "soon"}, "reconcile_delay_seconds", id="reconcile-delay-text"
     ),
+    pytest.param({"grpc_workers": 0}, "grpc_workers", id="grpc-workers-zero"),
+    pytest.param({"grpc_workers": 2000}, "grpc_workers", id="grpc-workers-too-many"),
+    pytest.param({"grpc_workers": "8"}, "grpc_workers", id="grpc-workers-text"),
+    pytest.param({"grpc_workers": True}, "grpc_workers", id="grpc-workers-bool"),
     pytest.param({"driver_name": "-leading-dash"}, "driver_name", id="driver-name-leading-dash"),
     pytest.param({"driver_name": "has space"}, "driver_name", id="driver-name-space"),
     pytest.param({"driver_name": "a" * 64}, "driver_name", id="driver-name-too-long"),
@@ -477,3 +486,14 @@ def test_the_split_example_in_example_yaml_merges(tmp_path: Path) -> None:
     assert ceph.options["rbd_pool"] == "volumes"
     assert cfg.storage["persistence_config"]["password"] == "..."
     assert cfg.storage["persistence_config"]["storage"] == "sqlite"
+
+
+def test_the_server_runs_calls_on_grpc_workers_threads() -> None:
+    from csi_driver import server
+
+    grpc_server, executor, _ = server.build_server(config.from_dict({"grpc_workers": 3}), "node")
+    try:
+        assert executor._max_workers == 3
+    finally:
+        grpc_server.stop(0)
+        executor.shutdown()

@@ -18,12 +18,13 @@ Record contents are never logged: connection records can hold CHAP secrets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,6 +47,7 @@ from csi_driver.storage.persistence.base import (
     issue_token,
     read_token,
 )
+from csi_driver.storage.persistence.group_commit import Counts, GroupCommit, Write
 
 LOG = logging.getLogger(__name__)
 
@@ -200,6 +202,7 @@ class SQLiteStore(MetadataStore):
         self._lock = threading.Lock()  # guards _conns and _closed
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
+        self._group = GroupCommit(self._run_batch)
         try:
             self._prepare()
         except BaseException:
@@ -230,6 +233,7 @@ class SQLiteStore(MetadataStore):
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             except sqlite3.Error as exc:
                 raise self._error(exc, "cannot open") from exc
+            self._local.synchronous = self.synchronous
             # Connections of threads that ended will never be used again.
             alive = []
             for thread, old in self._conns:
@@ -250,46 +254,80 @@ class SQLiteStore(MetadataStore):
         for _, conn in conns:
             conn.close()
 
-    @contextmanager
-    def _transaction(self, doing: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front.
+    def _write(
+        self, doing: str, apply: Callable[[sqlite3.Connection], None], durable: bool = True
+    ) -> None:
+        """Run ``apply(connection)`` in a write transaction, grouped with the writes other
+        threads make meanwhile (``group_commit``); return once it is committed, or raise
+        its own error (an SQLite one as StoreError saying what was being done).
 
-        Not ``durable`` (with synchronous FULL): this one commit is made with
-        synchronous NORMAL, written to the WAL without its fsync; the next FULL
-        commit's fsync of the WAL, which holds the commits in order, takes it along.
+        Not ``durable`` (with synchronous FULL): when every write of the batch is so, the
+        commit is made with synchronous NORMAL, written to the WAL without its fsync; the
+        next FULL commit's fsync of the WAL, which holds the commits in order, takes it
+        along.
         """
-        conn = self._conn()
-        relaxed = not durable and self.synchronous == "FULL"
+        self._group.submit(Write(doing, durable, apply))
+
+    def _run_batch(self, batch: list[Write]) -> None:
+        """Commit a batch in one transaction (BEGIN IMMEDIATE takes SQLite's write lock
+        up front, against other processes). A lone write fails with the transaction;
+        in a batch of several, each runs in a savepoint, so one that fails is undone
+        alone. Sets each write's ``error``; never raises."""
         try:
-            if relaxed:
-                conn.execute("PRAGMA synchronous = NORMAL")
+            conn = self._conn()
+            self._set_synchronous(conn, durable=any(write.durable for write in batch))
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._restore_synchronous(conn, relaxed)
-            raise self._error(exc, doing) from exc
+        except (sqlite3.Error, StoreError) as exc:
+            for write in batch:
+                write.error = self._failure(exc, write.doing)
+            return
         try:
-            yield conn
+            for write in batch:
+                if len(batch) == 1:
+                    write.apply(conn)
+                    continue
+                conn.execute("SAVEPOINT grouped")
+                try:
+                    write.apply(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO grouped")
+                    write.error = self._failure(exc, write.doing)
+                conn.execute("RELEASE grouped")
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise self._error(exc, doing) from exc
-            raise
-        finally:
-            self._restore_synchronous(conn, relaxed)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            for write in batch:
+                if write.error is None:
+                    write.error = self._failure(exc, write.doing)
 
-    def _restore_synchronous(self, conn: sqlite3.Connection, relaxed: bool) -> None:
-        """Put the connection back to the configured ``synchronous`` after a relaxed
-        commit; a connection that cannot be is closed, never left relaxed."""
-        if not relaxed:
+    def _failure(self, exc: BaseException, doing: str) -> BaseException:
+        """What a writer raises: SQLite's errors as StoreError, the rest as they are."""
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        error = self._error(exc, doing)
+        error.__cause__ = exc
+        return error
+
+    def _set_synchronous(self, conn: sqlite3.Connection, durable: bool) -> None:
+        """Give the connection the ``synchronous`` setting this commit needs (kept per
+        connection, so the PRAGMA runs only on a change); a connection that cannot be
+        set is closed, never used with the wrong one."""
+        wanted = self.synchronous if durable else "NORMAL"
+        if getattr(self._local, "synchronous", None) == wanted:
             return
         try:
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA synchronous = {wanted}")
         except sqlite3.Error as exc:
             self._local.conn = None
             conn.close()
-            raise self._error(exc, "cannot restore synchronous") from exc
+            raise self._error(exc, "cannot set synchronous") from exc
+        self._local.synchronous = wanted
+
+    def write_counts(self) -> Counts:
+        """Commits made and writes they held, since the store was opened."""
+        return self._group.counts()
 
     def _prepare(self) -> None:
         """Turn WAL on and create or check the schema."""
@@ -303,29 +341,32 @@ class SQLiteStore(MetadataStore):
                 f"metadata store {self.path}: cannot use WAL journal mode (got {mode!r}); "
                 "is it on a network file system?"
             )
-        with self._transaction("cannot set up the schema") as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+        self._write("cannot set up the schema", self._migrate)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema to SCHEMA_VERSION (inside the write transaction)."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"metadata store {self.path}: schema version {version} is newer than "
+                f"{SCHEMA_VERSION}, the newest this plugin knows; was it written by a "
+                "newer release?"
+            )
+        if version == 0:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
                 raise StoreError(
-                    f"metadata store {self.path}: schema version {version} is newer than "
-                    f"{SCHEMA_VERSION}, the newest this plugin knows; was it written by a "
-                    "newer release?"
+                    f"metadata store {self.path}: the database holds tables but no "
+                    "schema version; it was not made by this plugin"
                 )
-            if version == 0:
-                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                if tables:
-                    raise StoreError(
-                        f"metadata store {self.path}: the database holds tables but no "
-                        "schema version; it was not made by this plugin"
-                    )
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[step]:
-                    conn.execute(statement)
-            if version != SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                LOG.info(
-                    "metadata store %s: schema version %d -> %d", self.path, version, SCHEMA_VERSION
-                )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            LOG.info(
+                "metadata store %s: schema version %d -> %d", self.path, version, SCHEMA_VERSION
+            )
 
     # -- reads ---------------------------------------------------------------
     def _select(
@@ -384,9 +425,10 @@ class SQLiteStore(MetadataStore):
         text = encode_record(kind, record)
         row = (record["id"], *(record.get(col) for col in _COLUMNS[kind]), text)
         table = _TABLES[kind]
-        # BEGIN IMMEDIATE holds the write lock from the name check to the insert,
-        # so two processes cannot both find the name free.
-        with self._transaction(f"cannot create a {kind} record") as conn:
+
+        # Inside the write transaction (BEGIN IMMEDIATE holds the write lock from the
+        # name check to the insert), so two writers cannot both find the name free.
+        def insert(conn: sqlite3.Connection) -> None:
             holder = conn.execute(
                 f"SELECT id FROM {table} WHERE name = ? ORDER BY pos LIMIT 1",  # noqa: S608
                 (name,),
@@ -396,6 +438,8 @@ class SQLiteStore(MetadataStore):
             if conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (record["id"],)).fetchone():  # noqa: S608
                 raise InvalidArgument(f"a {kind} with id {record['id']!r} already exists")
             conn.execute(_UPSERT[kind], row)
+
+        self._write(f"cannot create a {kind} record", insert)
 
     def write(
         self,
@@ -417,17 +461,21 @@ class SQLiteStore(MetadataStore):
         removals = check_removals(remove, written)
         if not written and not removals:
             return
-        with self._transaction("cannot write records", durable) as conn:
+
+        def apply(conn: sqlite3.Connection) -> None:
             for kind, rows in batch.items():
                 if rows:
                     conn.executemany(_UPSERT[kind], rows)
             for kind, record_id in removals:
                 conn.execute(f"DELETE FROM {_TABLES[kind]} WHERE id = ?", (record_id,))  # noqa: S608
 
+        self._write("cannot write records", apply, durable)
+
     def delete(self, kind: str, record_id: str, *, durable: bool = True) -> None:
         check_kind(kind)
-        with self._transaction(f"cannot delete a {kind} record", durable) as conn:
-            conn.execute(f"DELETE FROM {_TABLES[kind]} WHERE id = ?", (record_id,))  # noqa: S608
+        sql = f"DELETE FROM {_TABLES[kind]} WHERE id = ?"  # noqa: S608
+        self._write(f"cannot delete a {kind} record",
+                    lambda conn: conn.execute(sql, (record_id,)), durable)  # fmt: skip
 
     # -- key/value -----------------------------------------------------------
     def get_value(self, key: str) -> str | None:
@@ -440,12 +488,11 @@ class SQLiteStore(MetadataStore):
 
     def set_value(self, key: str, value: str) -> None:
         check_value(key, value)
-        with self._transaction("cannot write a value") as conn:
-            conn.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+        sql = (
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+        )
+        self._write("cannot write a value", lambda conn: conn.execute(sql, (key, value)))
 
     def get_values(self) -> dict[str, str]:
         try:
@@ -455,5 +502,5 @@ class SQLiteStore(MetadataStore):
 
     def delete_value(self, key: str) -> None:
         check_key(key)
-        with self._transaction("cannot delete a value") as conn:
-            conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+        sql = "DELETE FROM kv WHERE key = ?"
+        self._write("cannot delete a value", lambda conn: conn.execute(sql, (key,)))

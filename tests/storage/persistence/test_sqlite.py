@@ -215,11 +215,15 @@ def test_synchronous_option_is_applied(db: Path) -> None:
         store.close()
 
 
-def test_a_write_without_durable_leaves_the_connection_as_configured(db: Path) -> None:
+def test_a_durable_write_after_relaxed_ones_is_committed_full(db: Path) -> None:
+    """A connection keeps the setting of its last commit; the next durable commit puts
+    FULL back before it commits (the fsync count is below, with alternating writes)."""
     store = SQLiteStore(path=db)
     try:
         store.write(volumes=[{"id": "v1", "backend": "lvm"}], durable=False)
         store.delete("volume", "v1", durable=False)
+        assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        store.write(volumes=[{"id": "v2", "backend": "lvm"}])
         assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         store.close()
@@ -253,8 +257,10 @@ SYNC_COUNTER = """
 import sys
 from csi_driver.storage.persistence.sqlite import SQLiteStore
 store = SQLiteStore(path=sys.argv[1], synchronous=sys.argv[2])
+mode = sys.argv[3]  # durable, relaxed, or alternate (relaxed first)
 for n in range(int(sys.argv[4])):
-    store.write(volumes=[{"id": f"v{n}", "backend": "lvm"}], durable=sys.argv[3] == "durable")
+    durable = mode == "durable" or (mode == "alternate" and n % 2 == 1)
+    store.write(volumes=[{"id": f"v{n}", "backend": "lvm"}], durable=durable)
 store.close()
 """
 
@@ -280,6 +286,7 @@ def test_each_durable_commit_costs_one_fsync_and_others_none(db: Path) -> None:
     opening_and_closing = _syncs(db, "FULL", "durable", 0)
     assert _syncs(db, "FULL", "durable", 5) == opening_and_closing + 5
     assert _syncs(db, "FULL", "relaxed", 5) == opening_and_closing
+    assert _syncs(db, "FULL", "alternate", 6) == opening_and_closing + 3
     assert _syncs(db, "NORMAL", "durable", 5) == _syncs(db, "NORMAL", "durable", 0)
 
 
