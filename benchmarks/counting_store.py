@@ -39,10 +39,10 @@ class CommitCountingSQLiteStore(SQLiteStore):
     if hasattr(SQLiteStore, "_transaction"):
 
         @contextmanager
-        def _transaction(self, doing: str, durable: bool = True) -> Iterator[Any]:
+        def _transaction(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
             conn = self._conn()
             before = conn.total_changes
-            with super()._transaction(doing, durable) as conn:  # type: ignore[misc]
+            with super()._transaction(*args, **kwargs) as conn:  # type: ignore[misc]
                 yield conn
             if conn.total_changes != before:
                 self._log_commit()
