@@ -5,6 +5,8 @@ the embedded default: FileDriver volumes and the SQLite store with its durable
 defaults. One plugin serves, in order:
 
 - idle: VmRSS once Probe says ready, before any call;
+- empty calls: p50/p90/p99 of ControllerGetCapabilities, the cost of a call without
+  storage work (the floor under each RPC of a pair);
 - sequential: ``--pairs`` CreateVolume (1 GiB) + DeleteVolume pairs one at a time
   after a warm-up; p50/p90/p99 of the pair and of each RPC;
 - concurrent: for each of ``--clients`` (8 and 32), that many threads, each with its
@@ -88,6 +90,22 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def empty_calls(plugin: PluginProcess, calls: int = 500) -> dict[str, float]:
+    """p50/p90/p99 of ControllerGetCapabilities, one at a time: what any call costs here
+    (client, gRPC both ways, the plugin's logging and tracking) without storage work,
+    the floor under each half of a pair."""
+    client = Client(plugin)
+    request = csi_pb2.ControllerGetCapabilitiesRequest()
+    times: list[float] = []
+    for index in range(calls + 50):
+        started = time.perf_counter()
+        client.controller.ControllerGetCapabilities(request, timeout=TIMEOUT)
+        if index >= 50:
+            times.append(time.perf_counter() - started)
+    client.close()
+    return _percentiles(times)
 
 
 def sequential(plugin: PluginProcess, pairs: int, warmup: int) -> dict[str, Any]:
@@ -213,6 +231,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             assert plugin.process is not None
             pid = plugin.process.pid
             result: dict[str, Any] = {"rss_idle_mib": rss_mib(pid)}
+            result["empty_call_ms"] = empty_calls(plugin)
             profile = args.profile and _profiled(pid, Path(args.profile), args.profile_tools)
             with profile or nullcontext():
                 result["sequential"] = sequential(plugin, args.pairs, args.warmup)

@@ -78,6 +78,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "startup.all_rss_mib": ("startup", "all", "median", "rss_ready_mib"),
     "startup.node_ready_s": ("startup", "node", "median", "ready_s"),
     "startup.node_rss_mib": ("startup", "node", "median", "rss_ready_mib"),
+    "rpc_latency.empty_call_ms_p50": ("rpc_latency", "empty_call_ms", "p50"),
     "rpc_latency.pair_ms_p50": ("rpc_latency", "sequential", "pair_ms", "p50"),
     "rpc_latency.pair_ms_p99": ("rpc_latency", "sequential", "pair_ms", "p99"),
     "rpc_latency.create_ms_p50": ("rpc_latency", "sequential", "create_ms", "p50"),
