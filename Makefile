@@ -1,6 +1,20 @@
 # Every target installs what it needs first, so each works on a fresh clone.
 PYTHON ?= python3
-VENV   := .venv
+# The Cinder release the venv is built on: 29 (the newest, in .venv, pinned by
+# constraints.txt) or an older supported one (28: .venv-cinder28, pinned by
+# constraints-cinder28.txt). `make test CINDER=28` runs the library and CSI suites on it.
+CINDER_RELEASES := 28 29
+CINDER ?= 29
+ifeq ($(filter $(CINDER),$(CINDER_RELEASES)),)
+$(error CINDER=$(CINDER): supported Cinder releases are $(CINDER_RELEASES))
+endif
+ifeq ($(CINDER),29)
+VENV        := .venv
+CONSTRAINTS := constraints.txt
+else
+VENV        := .venv-cinder$(CINDER)
+CONSTRAINTS := constraints-cinder$(CINDER).txt
+endif
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -8,7 +22,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # strace counts the fsyncs of each RPC (tests/csi/test_fsync_budget.py, bench-fsyncs).
 APT_PACKAGES := lvm2 strace
 
-.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing \
+.PHONY: install system-deps run demo test lint venv-cinder-% format bench bench-serialization bench-listing \
 	bench-fsyncs bench-startup bench-rpc bench-stores clean
 
 install: system-deps $(STAMP) proto
@@ -20,12 +34,17 @@ system-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Versions are pinned by constraints.txt (cinder 29.0.0, os-brick 7.1.1 and their deps).
-$(STAMP): pyproject.toml constraints.txt
+# Versions are pinned by $(CONSTRAINTS) (constraints.txt: cinder 29.0.0, os-brick 7.1.1
+# and their deps; constraints-cinder28.txt: the same with cinder 28.0.0).
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,codegen]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[test,codegen]'
 	touch $@
+
+# A venv on an older Cinder release beside .venv: `make venv-cinder-28`.
+venv-cinder-%:
+	$(MAKE) install CINDER=$*
 
 # The plugin in `all` mode on the embedded default (config/embedded.yaml): FileDriver
 # volumes and SQLite metadata under ./data. It prints the socket and a call to try.
@@ -38,10 +57,11 @@ run: install
 demo: install
 	$(BIN)/csi-driver demo --data-dir data
 
+# On an older release (CINDER=28): the storage library's and the CSI plugin's suites.
 test: install csi-sanity
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter-out 29,$(CINDER)),tests/storage tests/csi)
 
 lint: install
 	$(BIN)/ruff check .
@@ -93,7 +113,7 @@ bench-stores: install etcd-deps kube-binaries
 	$(BIN)/python benchmarks/stores.py | tee bench-results/stores.json
 
 clean:
-	rm -rf $(VENV) data bench-results .pytest_cache .ruff_cache csi_driver/csi_pb csi_driver/kubelet/registration_pb build
+	rm -rf $(VENV) .venv-cinder* data bench-results .pytest_cache .ruff_cache csi_driver/csi_pb csi_driver/kubelet/registration_pb build
 
 # Test infrastructure (Ceph test cluster, VM harness) keeps its targets in mk/*.mk.
 include mk/versions.mk

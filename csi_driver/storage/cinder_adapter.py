@@ -44,11 +44,16 @@ from typing import Any
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # eventlet's deprecation notice on import
-    from cinder import monkey_patch
+    try:
+        from cinder import monkey_patch  # Cinder 29 on
+    except ImportError:  # older: cinder-volume's command monkey-patched eventlet itself
+        monkey_patch = None
 
 # cinder-volume's own start-up for plain threads: oslo.service's threading backend,
-# and eventlet made unable to monkey-patch this process by accident.
-if not monkey_patch.MONKEY_PATCHED:
+# and eventlet made unable to monkey-patch this process by accident. A Cinder without
+# ``monkey_patch`` ran drivers under eventlet; they run here on plain threads, as
+# cinderlib ran them: nothing to undo, since nothing here monkey-patches.
+if monkey_patch is not None and not monkey_patch.MONKEY_PATCHED:
     monkey_patch.patch(backend="threading")
 
 from cinder import objects as cinder_objects
@@ -496,12 +501,20 @@ def _remember_generated_secrets() -> None:
 
 
 def _install_db_shim() -> None:
+    """Serve or refuse every database function of ``cinder.db.api``. Cinder before 29
+    also re-exports them from the ``cinder.db`` package (``from cinder.db.api import
+    *``), where drivers and objects call them as ``db.volume_get``: those copies are
+    replaced too."""
+    package = sys.modules["cinder.db"]
     for name, value in list(vars(db_api).items()):
         if name.startswith("_") or not inspect.isfunction(value) or name in _DB_PURE:
             continue
         if getattr(value, "__module__", None) not in ("cinder.db.api", __name__):
             continue
-        setattr(db_api, name, _DB_SERVED.get(name) or _refuser(name))
+        replacement = _DB_SERVED.get(name) or _refuser(name)
+        setattr(db_api, name, replacement)
+        if getattr(package, name, None) is value:
+            setattr(package, name, replacement)
 
 
 def _kept(values: Mapping[str, Any], keeps: set[str], renames: Mapping[str, str]) -> Record:
