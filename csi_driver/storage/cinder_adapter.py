@@ -56,6 +56,7 @@ with warnings.catch_warnings():
 if monkey_patch is not None and not monkey_patch.MONKEY_PATCHED:
     monkey_patch.patch(backend="threading")
 
+
 from cinder import objects as cinder_objects
 
 cinder_objects.register_all()  # drivers import modules that need the object classes
@@ -83,6 +84,23 @@ from csi_driver.storage.exceptions import (  # noqa: E402
     StorageError,
 )
 from csi_driver.storage.persistence.base import apply_changes  # noqa: E402
+
+
+def _run_tpool_calls_inline() -> None:
+    """Drivers of Cinder before 29 send blocking calls (librbd, in the RBD driver)
+    through eventlet's thread pool (``tpool.Proxy``), whose answers come back through an
+    eventlet hub that no thread runs here: a call from a second thread never returns.
+    With a pool of no threads, eventlet runs each such call on the calling thread, as
+    Cinder 29 does itself on plain threads (``utils.tpool_wrap`` returns the object)."""
+    from eventlet import tpool
+
+    tpool.set_num_threads(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Zero threads in tpool": what is wanted here
+        tpool.setup()
+
+
+_run_tpool_calls_inline()
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
