@@ -22,7 +22,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # strace counts the fsyncs of each RPC (tests/csi/test_fsync_budget.py, bench-fsyncs).
 APT_PACKAGES := lvm2 strace
 
-.PHONY: install system-deps run demo test lint venv-cinder-% format bench bench-serialization bench-listing \
+.PHONY: install system-deps run demo test lint format bench bench-serialization bench-listing \
 	bench-fsyncs bench-startup bench-rpc bench-stores clean
 
 install: system-deps $(STAMP) proto

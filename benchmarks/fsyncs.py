@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from csi_support.plugin import PluginProcess, Stubs, file_backend, running, write_config  # noqa: E402
 from csi_support.requests import GiB, capability, create_request  # noqa: E402
+from rpc_latency import pairs_in_threads  # noqa: E402 - benchmarks/, beside this file
 
 from csi_driver import node_identity  # noqa: E402
 from csi_driver.csi_pb import csi_pb2  # noqa: E402
@@ -291,11 +291,11 @@ def grouped(clients: int, pairs_per_client: int, synchronous: str = "FULL") -> d
         trace = root / "strace.out"
         with _controller(root, synchronous, counting=False) as plugin:
             # A warm-up round at full width: every worker thread has its connection.
-            _pairs_in_threads(plugin, clients, 1, "warm")
+            pairs_in_threads(plugin, clients, 1, "warm")
             assert plugin.process is not None
             with _traced(plugin.process.pid, trace):
                 started = time.time()
-                _pairs_in_threads(plugin, clients, pairs_per_client, "grouped")
+                pairs_in_threads(plugin, clients, pairs_per_client, "grouped")
                 ended = time.time()
                 plugin.stop()
         events = _sync_events(trace, root)
@@ -305,28 +305,6 @@ def grouped(clients: int, pairs_per_client: int, synchronous: str = "FULL") -> d
     return {"clients": clients, "pairs": pairs, "wal_fsyncs_per_pair": per_pair.get("sqlite-wal"),
             "fsyncs_per_pair": round(sum(targets.values()) / pairs, 2),
             "fsync_targets": per_pair}  # fmt: skip
-
-
-def _pairs_in_threads(plugin: PluginProcess, clients: int, pairs: int, prefix: str) -> None:
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        stubs = Stubs(plugin)
-        try:
-            for n in range(pairs):
-                _pair(stubs, f"{prefix}-{index}-{n}")
-        except BaseException as exc:  # reported after the join
-            errors.append(exc)
-        finally:
-            stubs.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} client(s) failed; first: {errors[0]!r}")
 
 
 def pair_latency(pairs: int = 100, synchronous: str = "FULL", warmup: int = 5) -> list[float]:
@@ -345,8 +323,8 @@ def pair_latency(pairs: int = 100, synchronous: str = "FULL", warmup: int = 5) -
     return times
 
 
-def _pair(stubs: Stubs, name: int | str) -> None:
-    volume = stubs.controller.CreateVolume(create_request(f"pair-{name}"), timeout=120).volume
+def _pair(stubs: Stubs, index: int) -> None:
+    volume = stubs.controller.CreateVolume(create_request(f"pair-{index}"), timeout=120).volume
     stubs.controller.DeleteVolume(
         csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=120
     )

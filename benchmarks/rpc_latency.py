@@ -158,11 +158,20 @@ def _in_threads(
     return [s for per_client in samples for s in per_client], wall
 
 
-def concurrent(plugin: PluginProcess, clients: int, pairs_per_client: int) -> dict[str, Any]:
-    def work(client: Client, index: int) -> list[float]:
-        return [sum(client.pair(f"c{clients}-{index}-{n}")) for n in range(pairs_per_client)]
+def pairs_in_threads(
+    plugin: PluginProcess, clients: int, pairs_per_client: int, prefix: str
+) -> tuple[list[float], float]:
+    """``clients`` clients (a thread and a channel each) making ``pairs_per_client`` pairs
+    at once: the seconds of each pair, and the wall seconds of them all."""
 
-    times, wall = _in_threads(plugin, clients, work)
+    def work(client: Client, index: int) -> list[float]:
+        return [sum(client.pair(f"{prefix}-{index}-{n}")) for n in range(pairs_per_client)]
+
+    return _in_threads(plugin, clients, work)
+
+
+def concurrent(plugin: PluginProcess, clients: int, pairs_per_client: int) -> dict[str, Any]:
+    times, wall = pairs_in_threads(plugin, clients, pairs_per_client, f"c{clients}")
     return {
         "clients": clients,
         "pairs": len(times),

@@ -857,10 +857,11 @@ class DriverHost:
             LOG.warning("backend %s: cleanup of failed volume %s: %s", self.name,
                         record["id"], exc)  # fmt: skip
 
-    def delete_volume(self, record: Record, connections: list[Record] | None = None) -> None:
-        """``connections``: the volume's, when the caller has just read them (else read)."""
+    def delete_volume(self, record: Record) -> None:
+        """Delete a volume without connections (``Volume.delete`` refuses one that has
+        some, so they are not read again)."""
         with self._calling("delete volume", ("volume", record)):
-            self.driver.delete_volume(self._volume_object(self._context(), record, connections))
+            self.driver.delete_volume(self._volume_object(self._context(), record, []))
 
     def extend_volume(self, record: Record, size: int) -> Record:
         with self._calling("extend volume", ("volume", record)):

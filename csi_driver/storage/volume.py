@@ -193,7 +193,7 @@ class Volume(Resource):
             raise InvalidState(
                 f"volume {self.id} has {len(connections)} connection(s); disconnect them first"
             )
-        self._run_delete(lambda: self.backend._host.delete_volume(self._data, connections=[]))
+        self._run_delete(lambda: self.backend._host.delete_volume(self._data))
         # Not durable: a power loss that undoes it leaves the record 'deleting', which
         # recovery finishes (the driver's delete succeeds on what is gone).
         store.delete(VOLUME_KIND, self.id, durable=False)

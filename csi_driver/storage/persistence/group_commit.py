@@ -34,16 +34,6 @@ class Write:
     done: bool = field(default=False, repr=False)
 
 
-@dataclass
-class Counts:
-    """How many commits ran and how many writes they held (writes / commits is the
-    batching factor the benchmarks report)."""
-
-    commits: int = 0
-    writes: int = 0
-    largest: int = 0
-
-
 class GroupCommit:
     """Queues writes and has them committed in batches by ``run(batch)``, which must
     set each write's ``error`` (None when it committed) and must not raise."""
@@ -53,7 +43,6 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[Write] = []
         self._leading = False
-        self._counts = Counts()
 
     def submit(self, write: Write) -> None:
         """Commit ``write`` (with whatever else is queued); raise its error, if any."""
@@ -80,16 +69,9 @@ class GroupCommit:
                 for write in batch:
                     write.done = True
                 self._leading = False
-                self._counts.commits += 1
-                self._counts.writes += len(batch)
-                self._counts.largest = max(self._counts.largest, len(batch))
                 self._cond.notify_all()
 
     def pending(self) -> int:
         """Writes queued behind the running commit."""
         with self._cond:
             return len(self._pending)
-
-    def counts(self) -> Counts:
-        with self._cond:
-            return Counts(**vars(self._counts))

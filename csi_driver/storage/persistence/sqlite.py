@@ -47,7 +47,7 @@ from csi_driver.storage.persistence.base import (
     issue_token,
     read_token,
 )
-from csi_driver.storage.persistence.group_commit import Counts, GroupCommit, Write
+from csi_driver.storage.persistence.group_commit import GroupCommit, Write
 
 LOG = logging.getLogger(__name__)
 
@@ -282,17 +282,17 @@ class SQLiteStore(MetadataStore):
                 write.error = self._failure(exc, write.doing)
             return
         try:
-            for write in batch:
-                if len(batch) == 1:
-                    write.apply(conn)
-                    continue
-                conn.execute("SAVEPOINT grouped")
-                try:
-                    write.apply(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO grouped")
-                    write.error = self._failure(exc, write.doing)
-                conn.execute("RELEASE grouped")
+            if len(batch) == 1:
+                batch[0].apply(conn)
+            else:
+                for write in batch:
+                    conn.execute("SAVEPOINT grouped")
+                    try:
+                        write.apply(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO grouped")
+                        write.error = self._failure(exc, write.doing)
+                    conn.execute("RELEASE grouped")
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -324,10 +324,6 @@ class SQLiteStore(MetadataStore):
             conn.close()
             raise self._error(exc, "cannot set synchronous") from exc
         self._local.synchronous = wanted
-
-    def write_counts(self) -> Counts:
-        """Commits made and writes they held, since the store was opened."""
-        return self._group.counts()
 
     def _prepare(self) -> None:
         """Turn WAL on and create or check the schema."""
