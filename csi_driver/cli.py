@@ -36,7 +36,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         "Other commands: 'csi-driver call ...' (a tiny client), 'csi-driver demo', "
         "'csi-driver store copy ...' (move metadata between stores).",
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_PrintVersion)
     parser.add_argument("--endpoint", required=True, help="unix:///PATH or tcp://HOST:PORT")
     parser.add_argument("--mode", choices=("controller", "node", "all"), default="all")
     parser.add_argument("--config", required=True, action="append", metavar="FILE",
@@ -72,9 +72,28 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
+    """The plugin's version, the CSI spec it serves, and the Cinder and os-brick releases
+    installed beside it (the ones an operator pins and upgrades on their own schedule)."""
+    from importlib import metadata
+
     from csi_driver.csi_pb import SPEC_VERSION
 
-    return f"csi-driver {csi_driver.__version__} (CSI spec {SPEC_VERSION})"
+    releases = ", ".join(f"{name} {metadata.version(name)}" for name in ("cinder", "os-brick"))
+    return f"csi-driver {csi_driver.__version__} (CSI spec {SPEC_VERSION}; {releases})"
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``, worked out only when asked: reading the installed packages'
+    metadata costs tens of milliseconds that every start would otherwise pay."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 **kwargs: object) -> None:  # fmt: skip
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and the Cinder and os-brick releases")  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        sys.stdout.write(_version() + "\n")
+        parser.exit()
 
 
 def _port(text: str) -> int:

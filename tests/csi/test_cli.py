@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import csi_driver
 from csi_driver import cli
 from csi_driver.csi_pb import SPEC_VERSION
 
-EXPECTED_VERSION = f"csi-driver {csi_driver.__version__} (CSI spec {SPEC_VERSION})"
+INSTALLED = f"cinder {metadata.version('cinder')}, os-brick {metadata.version('os-brick')}"
+EXPECTED_VERSION = f"csi-driver {csi_driver.__version__} (CSI spec {SPEC_VERSION}; {INSTALLED})"
 
 
 def test_version_needs_no_endpoint_nor_config() -> None:
@@ -21,7 +23,7 @@ def test_version_needs_no_endpoint_nor_config() -> None:
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
 
     assert (done.returncode, done.stdout, done.stderr) == (0, EXPECTED_VERSION + "\n", "")
-    assert EXPECTED_VERSION == "csi-driver 0.1.0 (CSI spec v1.13.0)"
+    assert EXPECTED_VERSION.startswith("csi-driver 0.1.0 (CSI spec v1.13.0; cinder 2")
 
 
 def _exit_code(argv: list[str]) -> int:

@@ -5,16 +5,19 @@ and a node process (the node in attach-only mode: no store, no backend options, 
 it works from publish_context alone, signed by the controller), each with mount and
 with raw block volumes; then the controller apart on each store with a server (etcd,
 Kubernetes custom resources), the real server started by the test harness.
-Node specs attach with loop devices and mount, so these need root.
+Node specs attach with loop devices and mount, so these need root. And a node process on
+each older supported Cinder release beside a controller on the newest one.
 """
 
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from csi_support import plugin, sanity
+from csi_support import plugin, releases, sanity
 
 pytestmark = pytest.mark.skipif(
     not plugin.is_root(), reason="node specs need root: loop devices and mounts"
@@ -62,9 +65,23 @@ def test_controller_on_the_kubernetes_store(tmp_path: Path, request: pytest.Fixt
     _controller_and_node_apart(tmp_path, "mount", persistence)
 
 
+@pytest.mark.cross_release
+@pytest.mark.parametrize("release", releases.OLDER)
+def test_node_on_an_older_cinder_release(tmp_path: Path, release: str) -> None:
+    """A node not yet upgraded serves what a controller on the newest release publishes."""
+    node_python = releases.python(release)
+    version = subprocess.run(
+        [node_python, "-m", "csi_driver.cli", "--version"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert f"; cinder {release}." in version, version
+    _controller_and_node_apart(tmp_path, "mount", node_python=node_python)
+
+
 def _controller_and_node_apart(
-    tmp_path: Path, access_type: str, persistence: dict | None = None
-) -> None:
+    tmp_path: Path, access_type: str, persistence: dict | None = None,
+    node_python: Path | None = None,
+) -> None:  # fmt: skip
     # Both read one signing key, as a Secret mounted into both pods: the node stages
     # only what this controller published.
     key = tmp_path / "publish.key"
@@ -86,7 +103,7 @@ def _controller_and_node_apart(
     node_config.write_text(node_config.read_text().replace("backends: []\n", ""))
     with (
         plugin.running(controller_config, "controller", tmp_path) as controller,
-        plugin.running(node_config, "node", node_dir) as node,
+        plugin.running(node_config, "node", node_dir, python=node_python or sys.executable) as node,
     ):
         report = sanity.run(
             tmp_path / "sanity", node.endpoint, controller_endpoint=controller.endpoint,

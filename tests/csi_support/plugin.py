@@ -89,9 +89,11 @@ class PluginProcess:
     def __init__(
         self, config: Path, mode: str, socket_path: Path, log: Path,
         env: Mapping[str, str] | None = None, args: Sequence[str] = (),
-        launcher: Sequence[str] = PLUGIN_MODULE,
+        launcher: Sequence[str] = PLUGIN_MODULE, python: str | Path = sys.executable,
     ) -> None:  # fmt: skip
         self.config = config
+        #: The interpreter: this one, or an older Cinder release's venv (csi_support.releases).
+        self.python = str(python)
         #: More command-line options (e.g. the kubelet ones: --registration-dir ...).
         self.args = list(args)
         #: The interpreter's arguments before the plugin's options: the module, or a
@@ -109,7 +111,7 @@ class PluginProcess:
         """Start and wait until Probe answers ready; with ``ready=False``, until it answers
         at all (a controller whose backends are still starting answers not ready)."""
         command = [
-            sys.executable, *self.launcher, "--endpoint", self.endpoint,
+            self.python, *self.launcher, "--endpoint", self.endpoint,
             "--mode", self.mode, "--config", str(self.config), "--log-level", "DEBUG",
             *self.args,
         ]  # fmt: skip
@@ -158,11 +160,18 @@ def running(
     name: str | None = None,
     env: Mapping[str, str] | None = None,
     args: Sequence[str] = (),
+    python: str | Path = sys.executable,
 ) -> Iterator[PluginProcess]:
     """A started plugin, stopped (gracefully, asserted) when the block ends."""
     name = name or mode
     plugin = PluginProcess(
-        config, mode, directory / f"{name}.sock", directory / f"{name}.log", env=env, args=args
+        config,
+        mode,
+        directory / f"{name}.sock",
+        directory / f"{name}.log",
+        env=env,
+        args=args,
+        python=python,
     )
     plugin.start()
     try:
