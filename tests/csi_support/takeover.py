@@ -55,6 +55,7 @@ class Made:
         return (self.root / "out" / f"{name}.json").read_text()
 
 
+@dataclass
 class OlderMaker:
     """``maker(release, source)``: the cases made on ``release`` for ``source``, made once.
 
@@ -62,17 +63,13 @@ class OlderMaker:
     ``root``; ``marker`` says whether to write ``MARKER`` into each source volume (it
     needs an attachment this host can make)."""
 
-    def __init__(
-        self, factory: pytest.TempPathFactory, name: str, options: Callable[[Path], dict[str, Any]],
-        cases: tuple[str, ...], connector: dict[str, Any], marker: bool = True,
-    ) -> None:  # fmt: skip
-        self.factory = factory
-        self.name = name
-        self.options = options
-        self.cases = cases
-        self.connector = connector
-        self.marker = marker
-        self.made: dict[tuple[str, str], Made] = {}
+    factory: pytest.TempPathFactory
+    name: str
+    options: Callable[[Path], dict[str, Any]]
+    cases: tuple[str, ...]
+    connector: dict[str, Any]
+    marker: bool = True
+    made: dict[tuple[str, str], Made] = field(default_factory=dict)
 
     def __call__(self, release: str, source: str) -> Made:
         if (release, source) not in self.made:
