@@ -13,10 +13,13 @@
 ARG BASE=localhost/debian:bookworm
 
 # ---- deps: the runtime venv /opt/venv with the dependencies; /opt/codegen (never shipped)
-# with grpcio-tools and the build backend. Cached until pyproject.toml or constraints.txt change.
+# with grpcio-tools and the build backend. Cached until pyproject.toml or the constraints change.
 FROM ${BASE} AS deps
 # ARG, not ENV: keeps it out of the image configuration.
 ARG DEBIAN_FRONTEND=noninteractive
+# The Cinder release: constraints.txt pins the newest, constraints-cinderNN.txt an older
+# supported one (`make images CINDER=NN`).
+ARG CONSTRAINTS=constraints.txt
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -24,7 +27,7 @@ RUN apt-get update \
 # hadolint ignore=DL3059
 RUN python3 -m venv /opt/venv && python3 -m venv /opt/codegen
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml ${CONSTRAINTS} ./
 RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
 open("/tmp/requirements.txt", "w").write("\n".join(p["project"]["dependencies"])); \
 open("/tmp/build-requires.txt", "w").write("\n".join(p["build-system"]["requires"]))'
@@ -32,12 +35,12 @@ open("/tmp/build-requires.txt", "w").write("\n".join(p["build-system"]["requires
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipca \
     PIP_CONFIG_FILE=/run/secrets/pipconf /opt/venv/bin/pip install --no-cache-dir \
-      -c constraints.txt -r /tmp/requirements.txt \
+      -c "${CONSTRAINTS}" -r /tmp/requirements.txt \
  && rm -rf /opt/venv/lib/python3*/site-packages/cinder/tests
 # hadolint ignore=DL3059
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipca \
     PIP_CONFIG_FILE=/run/secrets/pipconf /opt/codegen/bin/pip install --no-cache-dir \
-      -c constraints.txt grpcio-tools -r /tmp/build-requires.txt
+      -c "${CONSTRAINTS}" grpcio-tools -r /tmp/build-requires.txt
 
 # ---- wheel: the project with its generated gRPC stubs, built offline ----
 FROM deps AS wheel

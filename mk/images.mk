@@ -20,7 +20,10 @@ IMAGE_ARCHIVE_FORMAT := oci-archive
 
 # The plugin's tag is the project version; busybox's is the major.minor of Debian's
 # busybox-static (installed, else apt's candidate): 1:1.35.0-4+deb12u1 -> 1.35.
-IMAGE_TAG   := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
+# On an older Cinder release (`make images CINDER=28`) the plugin's tag and archive say so:
+# 0.1.0-cinder28, csi-driver-cinder28.tar.
+IMAGE_TAG   := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)$(if $(filter-out $(NEWEST_CINDER),$(CINDER)),-cinder$(CINDER))
+PLUGIN_ARCHIVE := csi-driver$(if $(filter-out $(NEWEST_CINDER),$(CINDER)),-cinder$(CINDER))
 BUSYBOX_TAG := $(shell v=$$(dpkg-query -W -f='$${Version}' busybox-static 2>/dev/null); \
 	[ -n "$$v" ] || v=$$(apt-cache show --no-all-versions busybox-static 2>/dev/null | sed -n 's/^Version: //p'); \
 	echo "$$v" | sed -E 's/^[0-9]+://; s/-[^-]*$$//; s/^([0-9]+\.[0-9]+).*/\1/')
@@ -42,7 +45,7 @@ export $(IMAGE_VARS) CONTAINERS_HOME
 SIDECAR_BUILDS = $(PROVISIONER_IMAGE)=$(CSI_PROVISIONER) $(ATTACHER_IMAGE)=$(CSI_ATTACHER) \
 	$(SNAPSHOTTER_IMAGE)=$(CSI_SNAPSHOTTER) $(SNAPSHOT_CONTROLLER_IMAGE)=$(SNAPSHOT_CONTROLLER) \
 	$(RESIZER_IMAGE)=$(CSI_RESIZER)
-IMAGE_ARCHIVES := csi-driver csi-provisioner csi-attacher csi-snapshotter snapshot-controller \
+IMAGE_ARCHIVES := csi-driver $(patsubst %,csi-driver-cinder%,$(OLDER_CINDER)) csi-provisioner csi-attacher csi-snapshotter snapshot-controller \
 	csi-resizer busybox
 
 .PHONY: image-deps images images-lint images-print images-clean
@@ -63,8 +66,8 @@ image-deps:
 images: image-deps sidecar-binaries images-lint
 	@set -e; fmt=$(IMAGE_ARCHIVE_FORMAT); \
 	e2e/images/base.sh $(BASE_IMAGE) $(IMAGES_DIR)/base; \
-	e2e/images/build-plugin.sh $(PLUGIN_IMAGE) $(CURDIR) $(BASE_IMAGE); \
-	e2e/images/export.sh $$fmt $(PLUGIN_IMAGE) $(IMAGES_DIR)/csi-driver.tar --smoke; \
+	e2e/images/build-plugin.sh $(PLUGIN_IMAGE) $(CURDIR) $(BASE_IMAGE) $(CONSTRAINTS); \
+	e2e/images/export.sh $$fmt $(PLUGIN_IMAGE) $(IMAGES_DIR)/$(PLUGIN_ARCHIVE).tar --smoke; \
 	for build in $(SIDECAR_BUILDS); do \
 	  image=$${build%%=*}; name=$${image%:*}; name=$${name##*/}; \
 	  e2e/images/build-go-binary.sh $$image $${build#*=} $$name; \

@@ -3,14 +3,17 @@
 # Build the plugin image from the repository's Dockerfile with buildah, layers cached in
 # the private containers storage (containers-env.sh).
 #
-#   build-plugin.sh IMAGE CONTEXT BASE_IMAGE
+#   build-plugin.sh IMAGE CONTEXT BASE_IMAGE [CONSTRAINTS]
+#
+# CONSTRAINTS: the pip constraints file in CONTEXT that picks the Cinder release
+# (default constraints.txt, the newest; constraints-cinderNN.txt an older one).
 #
 # pip inside the build must trust the CA bundle the host's pip trusts (egress TLS may be
 # re-signed by a local CA that Debian's ca-certificates lacks) and use the same index: both
 # are read from the host's pip configuration now and handed over as build secrets.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-image=$1 context=$2 base=$3
+image=$1 context=$2 base=$3 constraints=${4:-constraints.txt}
 # shellcheck source=containers-env.sh
 source "$here/containers-env.sh"
 trap containers_env_cleanup EXIT
@@ -25,6 +28,7 @@ fingerprint() {
     paths=$(sed -n 's/^!//p' .dockerignore)
     {
       podman image inspect -f '{{.Id}}' "$base"
+      echo "CONSTRAINTS=$constraints"
       sha256sum Dockerfile .dockerignore "$here/build-plugin.sh"
       # shellcheck disable=SC2086  # one path per word
       git ls-files -z -co --exclude-standard -- $paths | sort -z | xargs -0 sha256sum 2>&1 || true
@@ -64,7 +68,7 @@ ca=${ca:-/etc/ssl/certs/ca-certificates.crt}
 log=$CONTAINERS_HOME/build-plugin.log
 start=$(date +%s%N)
 if ! buildah bud --layers --isolation chroot \
-    --build-arg BASE="$base" \
+    --build-arg BASE="$base" --build-arg CONSTRAINTS="$constraints" \
     --secret id=pipconf,src="$secrets/pip.conf" --secret id=pipca,src="$ca" \
     -f "$context/Dockerfile" -t "$image" "$context" > "$log" 2>&1; then
   tail -40 "$log" >&2
