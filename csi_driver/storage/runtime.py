@@ -54,7 +54,8 @@ class Settings:
     cinder_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: This process only attaches serialized connections (a CSI node): a document
     #: naming a backend that is not configured here loads against an attach-only
-    #: stand-in with no driver and no credentials, instead of being refused.
+    #: stand-in with no driver and no credentials, instead of being refused, even when
+    #: the document carries the backend's configuration (no driver is started).
     attach_only: bool = False
     #: Seconds after which an operation another machine's process left in a record
     #: (``creating``, ``deleting``...) counts as abandoned and is healed; the same

@@ -435,10 +435,15 @@ def _resolve_backends(
         for table in _TABLES:
             for record in tables[table].values():
                 used.setdefault(record["backend"])
+    attach_only = runtime.settings().attach_only
+    # An attach-only process runs no driver, even one whose configuration the document
+    # carries (a self-contained dump): a node must not start an array's driver, with its
+    # credentials, to attach what os-brick attaches from the connection alone.
     missing = [
-        n for n in used if n not in Backend.backends and "volume_driver" not in entries.get(n, {})
-    ]
-    if missing and runtime.settings().attach_only:
+        n for n in used
+        if n not in Backend.backends and (attach_only or "volume_driver" not in entries.get(n, {}))
+    ]  # fmt: skip
+    if missing and attach_only:
         from csi_driver.storage.backend import AttachOnlyBackend
 
         stand_ins = {name: AttachOnlyBackend(name) for name in missing}

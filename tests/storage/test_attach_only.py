@@ -65,3 +65,24 @@ def test_catalog_finds_across_backends_and_names_unconfigured_ones(
     with pytest.raises(storage.InvalidState, match="backend 'two'"):
         storage.get_volume(b.id)
     assert [v.id for v in storage.find_volumes("same")] == [a.id], "unconfigured: not listed"
+
+
+def test_a_self_contained_document_starts_no_driver_on_a_node(
+    memory_store: None, make_backend: Callable[..., storage.Backend], tmp_path: Path
+) -> None:
+    storage.setup(persistence_config={"storage": "memory"}, output_all_backend_info=True,
+                  file_locks_path=str(tmp_path / "locks"))  # fmt: skip
+    backend = make_backend("carried")
+    volume = backend.create_volume(size=1)
+    published = backend.get_connection(volume.connect(dict(NODE_A)).id).jsons
+    assert '"volume_driver"' in published  # the document could configure the backend
+    backend.close()
+    storage.setup(attach_only=True, file_locks_path=str(tmp_path / "node-locks"))
+
+    for connection in (storage.Connection.load(published),
+                       storage.Connection.load_for_host(published)):  # fmt: skip
+        assert "carried" not in storage.Backend.backends, "a driver was started"
+        assert Path(connection.attach() or "").is_file()
+        connection.detach()
+    with pytest.raises(storage.NotSupported, match="'carried' is not configured"):
+        storage.Connection.load(published).disconnect(force=True)

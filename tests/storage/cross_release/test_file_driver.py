@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from csi_support import takeover
 from csi_support.takeover import MARKER, GiB, Made, Newest, newest_library, read_marker
 from samples import NODE_A, NODE_B
 
@@ -192,3 +193,20 @@ def _operate_connection(newest: Newest, connection: storage.Connection) -> None:
 
 _operate = {"backend": _operate_backend, "volume": _operate_volume,
             "snapshot": _operate_snapshot, "connection": _operate_connection}  # fmt: skip
+
+
+def test_an_upgraded_node_attaches_a_connection_an_older_controller_published(
+    older_dumps: Made, tmp_path: Path
+) -> None:
+    takeover.close_all_backends()
+    storage.setup(attach_only=True, file_locks_path=str(tmp_path / "node-locks"))
+    try:
+        connection = storage.Connection.load_for_host(older_dumps.document("connection"))
+        assert connection.id == older_dumps.ids["kinds-conn"]
+        path = connection.attach()
+        assert Path(path).read_bytes()[: len(MARKER)] == MARKER
+        connection.detach()
+        assert not connection.attached
+        assert not storage.Backend.backends, "the node configured nothing"
+    finally:
+        storage.setup(file_locks_path=str(tmp_path / "locks"))
