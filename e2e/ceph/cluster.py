@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -51,7 +50,11 @@ MON, MGR, OSD = "mon.a", "mgr.x", "osd.0"
 # Stop order: the OSD and the mgr report to the mon, so the mon goes last.
 _STOP_ORDER = ((OSD, MGR), (MON,))
 _PORT_LOCK = Path(tempfile.gettempdir()) / "csi-driver-ceph-ports.lock"
-_PR_SET_PDEATHSIG = 1
+# Children get SIGKILL when the test process dies, so no daemon outlives a run. util-linux's
+# setpriv sets that up, not a preexec_fn: a preexec_fn makes Python fork() instead of
+# vfork(), and a fork() of a process running gRPC threads (the etcd client, the plugin
+# stubs) can abort in gRPC's fork handlers ("epoll_wait error: Bad file descriptor").
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 class ClusterError(RuntimeError):
@@ -203,12 +206,11 @@ class CephCluster:
         out = open(self.dir / "log" / f"{name}.out", "ab")  # noqa: SIM115 - owned by the child
         with out:
             self._processes[name] = subprocess.Popen(
-                [*argv, "-c", str(self.conf)],
+                [*(DIE_WITH_PARENT if self.die_with_parent else ()), *argv, "-c", str(self.conf)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self._save_state()
 
@@ -310,9 +312,8 @@ class CephCluster:
         for name in names:
             self.ceph("osd", "pool", "create", name, str(pg_num), str(pg_num), "replicated")
         argv = ["rbd", "-c", str(self.conf), "-n", "client.admin", "pool", "init"]
-        inits = {name: subprocess.Popen([*argv, name], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True,
-                                        preexec_fn=_die_with_parent)
+        inits = {name: subprocess.Popen([*DIE_WITH_PARENT, *argv, name], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
                  for name in names}  # fmt: skip
         for name, init in inits.items():
             try:
@@ -422,12 +423,6 @@ def _run(argv: list[str], timeout: float = 60.0) -> str:
         output = (done.stderr or done.stdout).strip()
         raise ClusterError(f"{' '.join(argv)} exited with {done.returncode}: {output}")
     return done.stdout
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the parent dies, so no daemon outlives a test run."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @contextlib.contextmanager
