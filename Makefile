@@ -3,7 +3,7 @@ PYTHON ?= python3
 # The Cinder release the venv is built on: 29 (the newest, in .venv, pinned by
 # constraints.txt) or an older supported one NN (.venv-cinderNN, pinned by
 # constraints-cinderNN.txt: each such file adds a supported release).
-NEWEST_CINDER  := 29
+NEWEST_CINDER  := $(shell sed -n 's/^cinder==\([0-9]*\)\..*/\1/p' constraints.txt)
 OLDER_CINDER   := $(patsubst constraints-cinder%.txt,%,$(wildcard constraints-cinder*.txt))
 CINDER_RELEASES := $(OLDER_CINDER) $(NEWEST_CINDER)
 CINDER ?= $(NEWEST_CINDER)
